@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create ./.venv (Python 3.11) and install shieldtune with the pinned dependency set.
+# Idempotent: a second run only re-checks the pins. Used by quickstart.sh, test.sh and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+# torch + torchvision are pinned as a matching pair (see constraints.txt).
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"

@@ -1,0 +1,88 @@
+"""Saving and safely loading model checkpoints and controller policies.
+
+Files are written atomically (temp file + rename) so a crash never leaves a
+half-written checkpoint, and read with ``torch.load(weights_only=True)`` so a
+tampered file cannot execute code: only tensors and plain containers load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shieldtune.errors import CheckpointError
+
+MODEL_KIND = "shieldtune.model/v1"
+POLICY_KIND = "shieldtune.policy/v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a file written by :func:`atomic_save` and check its ``kind`` tag."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint '{path}' is corrupted or not a safe weights-only file ({first[:160]})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"'{path}' is not a {kind} file (found {found!r})")
+    return obj
+
+
+def save_model_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    model_config: dict[str, int],
+    schedule: list[dict[str, float]],
+    metrics: dict[str, float],
+) -> Path:
+    return atomic_save(
+        {
+            "kind": MODEL_KIND,
+            "model_state": model_state,
+            "model_config": dict(model_config),
+            "schedule": schedule,
+            "metrics": dict(metrics),
+        },
+        path,
+    )
+
+
+def save_policy(
+    path: str | Path, agent_state: dict, shield_state: dict, search_space: list[str]
+) -> Path:
+    return atomic_save(
+        {
+            "kind": POLICY_KIND,
+            "agent": agent_state,
+            "shield": shield_state,
+            "search_space": search_space,
+        },
+        path,
+    )

@@ -1,0 +1,185 @@
+"""``shieldtune`` command line: tune, evaluate, env-check.
+
+Every user error is printed as one line (``shieldtune: error: ...``) with exit
+status 2; tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shieldtune.errors import CheckpointError, ShieldtuneError
+
+EXAMPLE_CONFIG = "configs/mnist.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (defaults apply where omitted)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set tuner.episodes=3 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shieldtune",
+        description="Safety-constrained RL hyperparameter tuning (DQN controller + safety shield).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tune = sub.add_parser("tune", help="run a tuning job (logs to MLflow)")
+    _add_config_args(tune)
+
+    ev = sub.add_parser(
+        "evaluate", help="safety report of a checkpoint or registered model on the test split"
+    )
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--checkpoint", metavar="PATH", help="a best_model.pt written by `shieldtune tune`"
+    )
+    src.add_argument(
+        "--model-uri", metavar="URI", help="a registered model, e.g. models:/NAME@champion"
+    )
+    _add_config_args(ev)
+    ev.add_argument("--output", metavar="FILE", help="also write the report as JSON here")
+
+    check = sub.add_parser(
+        "env-check", help="run gymnasium's env_checker on shieldtune/Hyperparam-v0"
+    )
+    _add_config_args(check)
+    return parser
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from shieldtune.config import load_config
+    from shieldtune.tuner import run_tuning
+
+    cfg = load_config(args.config, args.overrides)
+    s = run_tuning(cfg)
+    print(f"\nconstraints: {', '.join(s.constraints)}")
+    print(
+        f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples trained, "
+        f"{s.violations} violations ({s.diverged_steps} diverged); {s.stop_reason}"
+    )
+    if s.best is not None and s.test_metrics is not None:
+        t = s.test_metrics
+        print(
+            f"best feasible: episode {s.best['episode']} step {s.best['step']}, "
+            f"val_acc {s.best['val_metrics']['val_acc']:.4f}"
+        )
+        print(
+            f"test: acc {t['test_acc']:.4f}, fgsm {t['fgsm_robust_acc']:.4f}, "
+            f"pgd {t['pgd_robust_acc']:.4f} "
+            f"(gap {t['fgsm_pgd_gap']:+.4f}), mia advantage {t['mia_advantage']:.4f}, "
+            f"tpr@1%fpr {t['mia_tpr_at_1fpr']:.4f}, safety gate "
+            f"{'passed' if t['constraints_satisfied'] else 'FAILED'}"
+        )
+    else:
+        print(
+            "no feasible model was found: every accepted state broke a constraint; "
+            "relax safety.constraints or widen env.search_space"
+        )
+    print(f"outputs: {s.output_dir}")
+    if s.tracking_uri:
+        from shieldtune.tracking import ui_hint
+
+        print(f"MLflow: run {s.mlflow_run_id} in {s.tracking_uri}")
+        if s.registered_model:
+            rm = s.registered_model
+            alias = f" alias @{rm['alias']}" if rm["alias"] else " (no alias: safety gate failed)"
+            print(f"registered model: {rm['name']} version {rm['version']}{alias}")
+        print(f"browse: {ui_hint(s.tracking_uri)}")
+    return 0
+
+
+def _checkpoint_from_model_uri(uri: str) -> Path:
+    import mlflow
+
+    from shieldtune.tracking import default_tracking_uri
+
+    if not uri.startswith("models:/"):
+        raise CheckpointError(
+            f"--model-uri {uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as exc:
+        raise CheckpointError(f"cannot resolve {uri}: {str(exc).splitlines()[0]}") from None
+    found = sorted(local.rglob("best_model.pt"))
+    if not found:
+        raise CheckpointError(f"{uri} carries no best_model.pt; it was not logged by shieldtune")
+    return found[0]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from shieldtune.checkpoint import MODEL_KIND, safe_load
+    from shieldtune.config import ModelConfig, config_from_dict, load_config
+    from shieldtune.data import load_mnist
+    from shieldtune.evaluation import safety_report
+    from shieldtune.model import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
+    ckpt = safe_load(path, MODEL_KIND)
+    model_cfg = (
+        config_from_dict({"model": ckpt["model_config"]}).model
+        if ckpt["model_config"]
+        else ModelConfig()
+    )
+    model = build_model(model_cfg)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"'{path}' does not fit the model it describes: {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval()
+    report = safety_report(model, load_mnist(cfg.data), cfg.safety, seed=cfg.tuner.seed)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+    return 0 if report["constraints_satisfied"] else 1
+
+
+def _cmd_env_check(args: argparse.Namespace) -> int:
+    from gymnasium.utils.env_checker import check_env
+
+    from shieldtune.config import load_config
+    from shieldtune.env import HyperparamEnv
+
+    env = HyperparamEnv(load_config(args.config, args.overrides))
+    check_env(env, skip_render_check=True)
+    print(
+        f"shieldtune/Hyperparam-v0 passes gymnasium's check_env: "
+        f"{env.observation_space}, {env.action_space}"
+    )
+    return 0
+
+
+COMMANDS = {"tune": _cmd_tune, "evaluate": _cmd_evaluate, "env-check": _cmd_env_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ShieldtuneError as exc:
+        print(f"shieldtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shieldtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Typed, validated configuration.
+
+A config is a tree of dataclasses.  It is read from YAML, patched with
+``--set key=value`` overrides and validated in one place, so every entry point
+(CLI, Python API, pipeline component) rejects a bad value with the same
+one-line message naming the key, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shieldtune.errors import ConfigError
+
+#: Hyperparameters the training segment understands; any of them may be tuned.
+TUNABLE_HYPERPARAMETERS = ("learning_rate", "batch_size", "weight_decay", "momentum", "adv_mix")
+
+
+def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    return {"range": (low, high)}
+
+
+def _choices(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+@dataclass
+class HyperparameterSpec:
+    """One tunable dimension: the actions move it down, keep it, or move it up."""
+
+    name: str = field(default="learning_rate", metadata=_choices(*TUNABLE_HYPERPARAMETERS))
+    init: float = 0.05
+    low: float = 1e-4
+    high: float = 1.0
+    #: ``log``: multiply/divide by ``factor``; ``linear``: add/subtract ``factor``.
+    scale: str = field(default="log", metadata=_choices("log", "linear"))
+    factor: float = field(default=2.0, metadata=_range(1e-9, None))
+    integer: bool = False
+
+
+@dataclass
+class DataConfig:
+    #: ``bundled``: the 10,000 real MNIST test images shipped in the package (offline);
+    #: ``torchvision``: download the full MNIST with torchvision; ``idx``: a local IDX folder.
+    source: str = field(default="bundled", metadata=_choices("bundled", "torchvision", "idx"))
+    root: str | None = None
+    train_size: int = field(default=6000, metadata=_range(10, 70000))
+    val_size: int = field(default=2000, metadata=_range(10, 70000))
+    test_size: int = field(default=2000, metadata=_range(10, 70000))
+    split_seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+
+
+@dataclass
+class ModelConfig:
+    conv1_channels: int = field(default=8, metadata=_range(1, 512))
+    conv2_channels: int = field(default=16, metadata=_range(1, 512))
+    hidden: int = field(default=64, metadata=_range(1, 4096))
+
+
+@dataclass
+class TrainingConfig:
+    """Fixed values for every hyperparameter that the search space does not tune."""
+
+    optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    learning_rate: float = field(default=0.05, metadata=_range(1e-8, 10.0))
+    batch_size: int = field(default=64, metadata=_range(1, 8192))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 0.999))
+    #: Share of each batch replaced by FGSM examples (adversarial training); 0 disables it.
+    adv_mix: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    #: A segment whose mean loss exceeds this (or is NaN/inf) counts as diverged.
+    max_loss: float = field(default=100.0, metadata=_range(1e-3, 1e12))
+    #: Training samples processed per environment step (one segment).
+    segment_samples: int = field(default=3000, metadata=_range(1, 10_000_000))
+
+
+@dataclass
+class SafetyConfig:
+    #: Constraints ``METRIC >= VALUE`` or ``METRIC <= VALUE``; all must hold.
+    constraints: list[str] = field(default_factory=lambda: ["fgsm_robust_acc >= 0.30"])
+    #: L-inf attack radius in pixel units (images live in [0, 1]).
+    epsilon: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    pgd_steps: int = field(default=10, metadata=_range(1, 1000))
+    pgd_restarts: int = field(default=2, metadata=_range(1, 100))
+    #: Samples attacked per environment step (the final report uses the whole test split).
+    eval_samples: int = field(default=500, metadata=_range(1, 70000))
+    #: Members and non-members each, for the membership-inference attack.
+    mia_samples: int = field(default=1000, metadata=_range(2, 70000))
+
+
+@dataclass
+class EnvConfig:
+    steps_per_episode: int = field(default=8, metadata=_range(1, 10000))
+    search_space: list[HyperparameterSpec] = field(
+        default_factory=lambda: [
+            HyperparameterSpec("learning_rate", 0.05, 0.003, 0.8, "log", 2.0, False),
+            HyperparameterSpec("batch_size", 64, 16, 512, "log", 2.0, True),
+        ]
+    )
+
+
+@dataclass
+class ShieldConfig:
+    enabled: bool = True
+    #: Restore the last safe checkpoint when a trained segment breaks a constraint.
+    rollback: bool = True
+    #: An action is masked when its predicted cost exceeds ``-margin``.
+    margin: float = field(default=0.0, metadata=_range(-1.0, 1.0))
+    critic_hidden: int = field(default=64, metadata=_range(1, 4096))
+    critic_lr: float = field(default=1e-3, metadata=_range(1e-8, 1.0))
+    #: Observed costs needed before the critic is trusted to mask anything.
+    critic_min_samples: int = field(default=6, metadata=_range(1, 1_000_000))
+    critic_batch_size: int = field(default=32, metadata=_range(1, 65536))
+    critic_updates_per_step: int = field(default=8, metadata=_range(0, 1000))
+    #: Reward penalty per unit of cost (the Lagrangian-style alternative to masking).
+    cost_penalty: float = field(default=0.0, metadata=_range(0.0, 1e6))
+    #: Cost recorded for a diverged segment (NaN/inf loss).
+    divergence_cost: float = field(default=1.0, metadata=_range(0.0, 1e6))
+
+
+@dataclass
+class AgentConfig:
+    hidden: int = field(default=64, metadata=_range(1, 4096))
+    learning_rate: float = field(default=1e-3, metadata=_range(1e-8, 1.0))
+    gamma: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    buffer_size: int = field(default=10000, metadata=_range(1, 10_000_000))
+    batch_size: int = field(default=32, metadata=_range(1, 65536))
+    learning_starts: int = field(default=8, metadata=_range(0, 10_000_000))
+    gradient_steps: int = field(default=4, metadata=_range(0, 1000))
+    #: Polyak factor for the target network; 1.0 copies it every ``target_update_interval``.
+    tau: float = field(default=1.0, metadata=_range(1e-6, 1.0))
+    target_update_interval: int = field(default=10, metadata=_range(1, 10_000_000))
+    epsilon_start: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    epsilon_end: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    epsilon_decay_steps: int = field(default=30, metadata=_range(1, 10_000_000))
+    huber_delta: float = field(default=1.0, metadata=_range(1e-6, 1e6))
+    max_grad_norm: float = field(default=10.0, metadata=_range(1e-6, 1e6))
+    double_dqn: bool = True
+    #: Rewards (accuracy gains, fractions) are multiplied by this before learning.
+    reward_scale: float = field(default=10.0, metadata=_range(1e-6, 1e6))
+
+
+@dataclass
+class TunerConfig:
+    episodes: int = field(default=6, metadata=_range(1, 100000))
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    #: Stop early once a feasible model reaches this validation accuracy.
+    target_val_acc: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    #: Stop once this many trained segments broke a constraint.
+    max_violations: int | None = field(default=None, metadata=_range(0, 10_000_000))
+    output_dir: str = "shieldtune-runs"
+    #: A policy file (``agent.pt``) to warm-start the controller from.
+    warm_start: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "shieldtune"
+    run_name: str | None = None
+    registered_model_name: str = "shieldtune-mnist-cnn"
+    log_model: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    shield: ShieldConfig = field(default_factory=ShieldConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _describe(meta: dataclasses.Field) -> str:
+    lo, hi = meta.metadata.get("range", (None, None))
+    if lo is not None and hi is not None:
+        return f"[{lo}, {hi}]"
+    if lo is not None:
+        return f">= {lo}"
+    return f"<= {hi}"
+
+
+def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | None) -> Any:
+    """Coerce ``value`` to ``annotation`` or raise a one-line :class:`ConfigError`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(key, value, args[0], meta)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' = {value!r} must be a list")
+        return [_convert(f"{key}[{i}]", v, item_type, None) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            value = dataclasses.asdict(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' = {value!r} must be a mapping")
+        return _build(annotation, value, key)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' = {value!r} must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ConfigError(f"config key '{key}' = {value!r} must be an integer")
+        value = int(value)
+    elif annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}' = {value!r} must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' = {value!r} must be a finite number")
+    elif annotation is str and not isinstance(value, str):
+        raise ConfigError(f"config key '{key}' = {value!r} must be a string")
+    if meta is not None:
+        choices = meta.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"config key '{key}' = {value!r} is not allowed; choose one of {', '.join(choices)}"
+            )
+        lo, hi = meta.metadata.get("range", (None, None))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(
+                f"config key '{key}' = {value!r} is out of range; allowed: {_describe(meta)}"
+            )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in data:
+        if name not in fields:
+            where = f"{prefix}.{name}" if prefix else str(name)
+            raise ConfigError(
+                f"unknown config key '{where}'; known keys here: {', '.join(sorted(fields))}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(key, data[name], hints[name], f)
+    return cls(**kwargs)
+
+
+def _check_cross_field(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    if cfg.agent.epsilon_end > cfg.agent.epsilon_start:
+        raise ConfigError(
+            f"config key 'agent.epsilon_end' = {cfg.agent.epsilon_end} must not exceed "
+            f"agent.epsilon_start = {cfg.agent.epsilon_start}"
+        )
+    if not cfg.env.search_space:
+        raise ConfigError(
+            "config key 'env.search_space' is empty; list at least one hyperparameter"
+        )
+    seen: set[str] = set()
+    for i, hp in enumerate(cfg.env.search_space):
+        key = f"env.search_space[{i}]"
+        if hp.name in seen:
+            raise ConfigError(f"config key '{key}.name' = {hp.name!r} is listed twice")
+        seen.add(hp.name)
+        if not hp.low < hp.high:
+            raise ConfigError(
+                f"config key '{key}' has low={hp.low} >= high={hp.high}; need low < high"
+            )
+        if not hp.low <= hp.init <= hp.high:
+            raise ConfigError(
+                f"config key '{key}.init' = {hp.init} is out of range; "
+                f"allowed: [{hp.low}, {hp.high}]"
+            )
+        if hp.scale == "log" and (hp.low <= 0 or hp.factor <= 1.0):
+            raise ConfigError(
+                f"config key '{key}' uses scale 'log', which needs low > 0 and factor > 1 "
+                f"(got low={hp.low}, factor={hp.factor})"
+            )
+        limits = _range_of_training_key(hp.name)
+        if limits is not None and (hp.low < limits[0] or hp.high > limits[1]):
+            raise ConfigError(
+                f"config key '{key}' bounds [{hp.low}, {hp.high}] leave the range allowed for "
+                f"{hp.name}: [{limits[0]}, {limits[1]}]"
+            )
+        if hp.name == "batch_size" and not hp.integer:
+            raise ConfigError(f"config key '{key}.integer' must be true for batch_size")
+    for metric_key, size_key in (("eval_samples", "val_size"), ("mia_samples", "val_size")):
+        size = getattr(cfg.data, size_key)
+        if getattr(cfg.safety, metric_key) > size:
+            raise ConfigError(
+                f"config key 'safety.{metric_key}' = {getattr(cfg.safety, metric_key)} exceeds "
+                f"data.{size_key} = {size}; lower it or enlarge the split"
+            )
+    from shieldtune.safety import parse_constraints  # local import: safety imports torch
+
+    parse_constraints(cfg.safety.constraints)
+
+
+def _range_of_training_key(name: str) -> tuple[float, float] | None:
+    f = {f.name: f for f in dataclasses.fields(TrainingConfig)}[name]
+    lo, hi = f.metadata.get("range", (None, None))
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Build and validate a :class:`Config`; raises :class:`ConfigError` on bad input."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data, "")
+    _check_cross_field(cfg)
+    return cfg
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override (value parsed as YAML) to a raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    key, _, raw = assignment.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {assignment!r} has an empty key; write section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"override {assignment!r}: value is not valid YAML ({exc.problem})"
+        ) from None
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file '{p}' is not valid YAML{where}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file '{p}' cannot be read: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections")
+        data = loaded or {}
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return config_from_dict(data)
+
+
+def flatten(cfg: Config) -> dict[str, str]:
+    """Flatten a config to ``section.key -> str`` pairs (for MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            out[prefix] = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        else:
+            out[prefix] = str(value)
+
+    walk("", cfg.to_dict())
+    return out

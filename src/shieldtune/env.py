@@ -1,0 +1,206 @@
+"""``shieldtune/Hyperparam-v0``: hyperparameter tuning as a Gymnasium environment.
+
+One episode is one training run from a fresh model; one step trains one
+segment with the hyperparameters the action chose, then evaluates it.
+
+* Observation (all in [-1, 1]): validation accuracy, FGSM robust accuracy,
+  membership-inference advantage, the spec's cost, each hyperparameter
+  normalised within its bounds (log scale where configured), budget progress,
+  last reward.
+* Action: ``Discrete(3**d)``, decrease / keep / increase each tunable
+  hyperparameter by its configured factor.
+* Reward: validation-accuracy gain (the seed's definition), optionally minus
+  ``shield.cost_penalty * max(cost, 0)``.
+* ``info``: ``cost`` (the spec's signed violation), ``costs`` per constraint,
+  ``constraint_satisfied``, ``action_mask`` (hard bounds) for the next state,
+  ``accepted`` (False when the segment was rolled back), ``diverged``.
+
+With ``shield.rollback`` a segment whose result breaks the spec is recorded
+but not accepted: the model and hyperparameters return to the last safe
+state, so no accepted model ever violates the spec. A diverging segment
+(non-finite loss) ends the episode as a violation instead of crashing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from shieldtune.config import Config, config_from_dict
+from shieldtune.executor import StepExecutor, StepRequest, TrainState
+from shieldtune.safety import parse_constraints, spec_cost
+from shieldtune.search_space import SearchSpace
+from shieldtune.training import fixed_hyperparameters
+
+ENV_ID = "shieldtune/Hyperparam-v0"
+OBS_METRICS = ("val_acc", "fgsm_robust_acc", "mia_advantage")
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One accepted segment of the schedule that produced the current model."""
+
+    step: int
+    hyperparameters: dict[str, float]
+    samples: int
+
+
+def _segment_seed(episode_seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([episode_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class HyperparamEnv(gym.Env):
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: Config | dict | None = None,
+        executor: StepExecutor | None = None,
+    ) -> None:
+        self.cfg = config if isinstance(config, Config) else config_from_dict(config)
+        self.space = SearchSpace(self.cfg.env.search_space)
+        self.constraints = parse_constraints(self.cfg.safety.constraints)
+        self.action_space = gym.spaces.Discrete(self.space.n_actions)
+        n_obs = len(OBS_METRICS) + 1 + len(self.space.specs) + 2
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(n_obs,), dtype=np.float32)
+        self._executor = executor
+        self._fixed = fixed_hyperparameters(self.cfg.training)
+        self.state: TrainState | None = None
+        self.hyperparameters: dict[str, float] = self.space.initial()
+        self.metrics: dict[str, float] = {}
+        self.schedule: list[ScheduleEntry] = []
+        self.episode_seed = 0
+        self.t = 0
+        self.samples_used = 0
+        self._last_reward = 0.0
+        self._cost = 0.0
+        self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0}
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def executor(self) -> StepExecutor:
+        if self._executor is None:
+            from shieldtune.data import load_mnist
+            from shieldtune.executor import LocalStepExecutor
+
+            self._executor = LocalStepExecutor(self.cfg, load_mnist(self.cfg.data))
+        return self._executor
+
+    @property
+    def episode_budget(self) -> int:
+        return self.cfg.env.steps_per_episode * self.cfg.training.segment_samples
+
+    def full_hyperparameters(self, tuned: dict[str, float]) -> dict[str, float]:
+        return {**self._fixed, **tuned}
+
+    def action_mask(self) -> np.ndarray:
+        return self.space.valid_mask(self.hyperparameters)
+
+    def costs(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {str(c): c.cost(metrics) for c in self.constraints}
+
+    def _observation(self) -> np.ndarray:
+        m = [self.metrics.get(k, 0.0) for k in OBS_METRICS]
+        obs = np.concatenate(
+            [
+                np.asarray([*m, self._cost], dtype=np.float32),
+                self.space.normalise(self.hyperparameters),
+                np.asarray(
+                    [self.samples_used / self.episode_budget, self._last_reward], dtype=np.float32
+                ),
+            ]
+        )
+        return np.clip(obs, -1.0, 1.0).astype(np.float32)
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "action_mask": self.action_mask(),
+            "hyperparameters": dict(self.hyperparameters),
+            "metrics": dict(self.metrics),
+            "samples_used": self.samples_used,
+            **extra,
+        }
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.episode_seed = int(self.np_random.integers(2**31 - 1))
+        self.hyperparameters = self.space.initial()
+        self.t = self.samples_used = 0
+        self.schedule = []
+        self._last_reward = 0.0
+        result = self.executor.run(
+            StepRequest(None, self.full_hyperparameters(self.hyperparameters), 0, self.episode_seed)
+        )
+        self.state, self.metrics = result.state, result.metrics
+        self._cost = spec_cost(self.constraints, self.metrics)
+        return self._observation(), self._info(
+            cost=self._cost, constraint_satisfied=self._cost <= 0
+        )
+
+    def step(self, action: int):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        proposed = self.space.apply(self.hyperparameters, int(action))
+        self.t += 1
+        result = self.executor.run(
+            StepRequest(
+                self.state,
+                self.full_hyperparameters(proposed),
+                self.cfg.training.segment_samples,
+                _segment_seed(self.episode_seed, self.t),
+            )
+        )
+        self.samples_used += result.samples
+        previous_acc = self.metrics["val_acc"]
+        if result.diverged:
+            cost = self.cfg.shield.divergence_cost
+            costs = {str(c): cost for c in self.constraints}
+            observed = {"val_acc": 0.0}
+        else:
+            cost = spec_cost(self.constraints, result.metrics)
+            costs = self.costs(result.metrics)
+            observed = result.metrics
+        violation = cost > 0
+        accepted = not result.diverged and not (violation and self.cfg.shield.rollback)
+        if accepted:
+            self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
+            self._cost = cost
+            self.schedule.append(
+                ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples)
+            )
+        reward = observed["val_acc"] - previous_acc if (accepted or result.diverged) else 0.0
+        reward -= self.cfg.shield.cost_penalty * max(cost, 0.0)
+        self._last_reward = float(np.clip(reward, -1.0, 1.0))
+        terminated = bool(result.diverged)
+        truncated = self.t >= self.cfg.env.steps_per_episode
+        info = self._info(
+            cost=cost,
+            costs=costs,
+            constraint_satisfied=not violation,
+            accepted=accepted,
+            diverged=result.diverged,
+            proposed_hyperparameters=proposed,
+            observed_metrics=dict(observed),
+        )
+        # Timings live outside ``info`` so that info is a deterministic function of seed and action.
+        self.last_timing = {
+            "train_seconds": result.train_seconds,
+            "eval_seconds": result.eval_seconds,
+        }
+        return self._observation(), float(reward), terminated, truncated, info
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+
+
+def register() -> None:
+    """Register ``shieldtune/Hyperparam-v0`` with Gymnasium (idempotent)."""
+    if ENV_ID not in gym.registry:
+        gym.register(id=ENV_ID, entry_point="shieldtune.env:HyperparamEnv")

@@ -1,0 +1,24 @@
+"""User-facing error types.
+
+Every error a user can cause (bad config, missing data, unreadable checkpoint)
+is raised as a :class:`ShieldtuneError` subclass.  The CLI prints these as one
+line and exits non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ShieldtuneError(Exception):
+    """Base class for errors that are the user's to fix; the message says how."""
+
+
+class ConfigError(ShieldtuneError):
+    """A configuration key has a missing, malformed or out-of-range value."""
+
+
+class DataError(ShieldtuneError):
+    """The dataset could not be found, downloaded or verified."""
+
+
+class CheckpointError(ShieldtuneError):
+    """A checkpoint or policy file is missing, corrupted or of the wrong kind."""

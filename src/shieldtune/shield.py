@@ -1,0 +1,93 @@
+"""The safety shield: predict c(s, a) for every action and mask the unsafe ones.
+
+The predictor is a learned safety critic (an MLP regressing the observed
+signed cost of each taken action) combined with the hard bounds of the search
+space. Until the critic has seen ``critic_min_samples`` costs it masks
+nothing beyond the hard bounds. At least one action always stays allowed:
+the bound-valid action with the lowest predicted cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shieldtune.config import ShieldConfig
+from shieldtune.networks import mlp
+from shieldtune.replay import ReplayBuffer
+
+
+@dataclass(frozen=True)
+class ShieldDecision:
+    allowed: np.ndarray
+    predicted_costs: np.ndarray
+    #: True where the critic (not the hard bounds) removed the action.
+    masked_by_critic: np.ndarray
+
+
+class SafetyShield:
+    def __init__(self, obs_dim: int, n_actions: int, cfg: ShieldConfig, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.obs_dim, self.n_actions = obs_dim, n_actions
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            self.critic = mlp(obs_dim, cfg.critic_hidden, n_actions)
+        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.rng = np.random.default_rng(seed + 1)
+        self.observed = 0
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.enabled and self.observed >= self.cfg.critic_min_samples
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.critic(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
+    def decide(self, obs: np.ndarray, bounds_mask: np.ndarray) -> ShieldDecision:
+        bounds_mask = np.asarray(bounds_mask, dtype=bool)
+        pred = self.predict(obs)
+        if not self.active:
+            return ShieldDecision(bounds_mask.copy(), pred, np.zeros_like(bounds_mask))
+        allowed = bounds_mask & (pred <= -self.cfg.margin)
+        if not allowed.any():
+            candidates = np.flatnonzero(bounds_mask)
+            allowed = np.zeros_like(bounds_mask)
+            allowed[candidates[np.argmin(pred[candidates])]] = True
+        return ShieldDecision(allowed, pred, bounds_mask & ~allowed)
+
+    def record(self) -> None:
+        """Count one more observed cost (the transition itself sits in the replay buffer)."""
+        self.observed += 1
+
+    def update(self, buffer: ReplayBuffer) -> float | None:
+        """Regress the critic's output for taken actions onto their observed costs."""
+        if len(buffer) == 0 or self.cfg.critic_updates_per_step == 0:
+            return None
+        losses = []
+        for _ in range(self.cfg.critic_updates_per_step):
+            b = buffer.sample(self.cfg.critic_batch_size, self.rng)
+            pred = self.critic(b["obs"]).gather(1, b["actions"].unsqueeze(1)).squeeze(1)
+            loss = F.mse_loss(pred, b["costs"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses))
+
+    def state_dict(self) -> dict:
+        return {
+            "critic": self.critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "observed": self.observed,
+        }
+
+    def load_state_dict(self, state: dict, warm_start: bool = False) -> None:
+        self.critic.load_state_dict(state["critic"])
+        if not warm_start:
+            self.optimizer.load_state_dict(state["optimizer"])
+        # A warm-started critic has already learned from real costs, so it is trusted at once.
+        self.observed = int(state["observed"])

@@ -1,0 +1,365 @@
+"""The tuning job: N episodes of the shielded DQN controller loop.
+
+Per step: the shield predicts the cost of every action and masks the unsafe
+ones, the agent picks an allowed action epsilon-greedily, the environment
+trains and evaluates one segment (rolling back if the result breaks the
+spec), and agent and critic learn from the transition. The best *feasible*
+checkpoint (every constraint met) and the schedule that produced it are kept,
+evaluated once on the test split, and written out with the policy, the shield
+audit log, plots and a JSON summary, all tracked in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from shieldtune.agent import DQNAgent
+from shieldtune.checkpoint import POLICY_KIND, safe_load, save_model_checkpoint, save_policy
+from shieldtune.config import Config
+from shieldtune.data import MnistSplits, load_mnist
+from shieldtune.env import HyperparamEnv
+from shieldtune.evaluation import safety_report
+from shieldtune.executor import LocalStepExecutor, StepExecutor
+from shieldtune.model import build_model
+from shieldtune.plots import plot_steps
+from shieldtune.shield import SafetyShield
+from shieldtune.tracking import Tracker
+
+
+@dataclass
+class BestFeasible:
+    episode: int
+    step: int
+    global_step: int
+    val_metrics: dict[str, float]
+    schedule: list[dict[str, Any]]
+    model_state: dict[str, torch.Tensor] = field(repr=False)
+
+
+@dataclass
+class TuningSummary:
+    feasible_found: bool
+    constraints: list[str]
+    episodes_run: int
+    steps_run: int
+    samples_trained: int
+    violations: int
+    diverged_steps: int
+    stop_reason: str
+    best: dict[str, Any] | None
+    test_metrics: dict[str, float] | None
+    wall_seconds: float
+    controller_seconds: float
+    output_dir: str
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    registered_model: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Timer:
+    """Accumulates the wall time of the controller's own work (agent + shield)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> _Timer:
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._t
+
+
+def _masked_detail(space, decision) -> list[dict[str, Any]]:
+    return [
+        {
+            "action": int(a),
+            "move": space.describe(int(a)),
+            "predicted_cost": float(decision.predicted_costs[a]),
+        }
+        for a in np.flatnonzero(decision.masked_by_critic)
+    ]
+
+
+def run_tuning(
+    cfg: Config,
+    splits: MnistSplits | None = None,
+    executor: StepExecutor | None = None,
+) -> TuningSummary:
+    """Run a whole tuning job and return its summary (also written as ``summary.json``)."""
+    from shieldtune import __version__
+
+    start = time.perf_counter()
+    torch.manual_seed(cfg.tuner.seed)
+    splits = splits if splits is not None else load_mnist(cfg.data)
+    executor = executor if executor is not None else LocalStepExecutor(cfg, splits)
+    env = HyperparamEnv(cfg, executor)
+    obs_dim = int(env.observation_space.shape[0])
+    n_actions = int(env.action_space.n)
+    agent = DQNAgent(obs_dim, n_actions, cfg.agent, seed=cfg.tuner.seed)
+    shield = SafetyShield(obs_dim, n_actions, cfg.shield, seed=cfg.tuner.seed)
+    if cfg.tuner.warm_start:
+        policy = safe_load(cfg.tuner.warm_start, POLICY_KIND)
+        agent.load_state_dict(policy["agent"], warm_start=True)
+        shield.load_state_dict(policy["shield"], warm_start=True)
+
+    tracker = Tracker(cfg, __version__)
+    tracker.start()
+    run_label = tracker.parent_id or time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(cfg.tuner.output_dir) / run_label
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    records: list[dict[str, Any]] = []
+    audit: list[dict[str, Any]] = []
+    best: BestFeasible | None = None
+    violations = diverged = global_step = samples = episodes_run = 0
+    stop_reason = "completed all episodes"
+    controller = _Timer()
+    total_steps = cfg.tuner.episodes * cfg.env.steps_per_episode
+    bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
+    status = "FAILED"
+    try:
+        for episode in range(cfg.tuner.episodes):
+            episodes_run += 1
+            tracker.start_episode(episode)
+            obs, info = env.reset(seed=cfg.tuner.seed * 100_003 + episode)
+            with controller:
+                decision = shield.decide(obs, info["action_mask"])
+            episode_return, done, stop, used_before = 0.0, False, None, 0
+            while not done:
+                with controller:
+                    action = agent.choose_action(obs, decision.allowed)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+                global_step += 1
+                samples += info["samples_used"] - used_before
+                used_before = info["samples_used"]
+                cost = float(info["cost"])
+                with controller:
+                    next_decision = shield.decide(next_obs, info["action_mask"])
+                    agent.remember(obs, action, reward, cost, next_obs, done, next_decision.allowed)
+                    shield.record()
+                    q_loss = agent.update()
+                    critic_loss = shield.update(agent.buffer)
+                violation = cost > 0
+                violations += int(violation)
+                diverged += int(info["diverged"])
+                episode_return += reward
+                observed = info["observed_metrics"]
+                record = {
+                    "episode": episode,
+                    "step": env.t,
+                    "global_step": global_step,
+                    "action": int(action),
+                    "move": env.space.describe(action),
+                    **{k: float(v) for k, v in info["proposed_hyperparameters"].items()},
+                    "val_acc": observed.get("val_acc", float("nan")),
+                    "fgsm_robust_acc": observed.get("fgsm_robust_acc", float("nan")),
+                    "mia_advantage": observed.get("mia_advantage", float("nan")),
+                    "reward": float(reward),
+                    "cost": cost,
+                    "accepted": bool(info["accepted"]),
+                    "diverged": bool(info["diverged"]),
+                    "epsilon": agent.epsilon,
+                    "q_loss": q_loss,
+                    "critic_loss": critic_loss,
+                    "masked_actions": int(decision.masked_by_critic.sum()),
+                    "samples_used": int(info["samples_used"]),
+                    **env.last_timing,
+                }
+                records.append(record)
+                audit.append(
+                    {
+                        "episode": episode,
+                        "step": env.t,
+                        "global_step": global_step,
+                        "shield_active": shield.active,
+                        "allowed": np.flatnonzero(decision.allowed).tolist(),
+                        "masked_by_critic": _masked_detail(env.space, decision),
+                        "masked_by_bounds": np.flatnonzero(
+                            ~decision.allowed & ~decision.masked_by_critic
+                        ).tolist(),
+                        "chosen": int(action),
+                        "chosen_move": env.space.describe(action),
+                        "chosen_predicted_cost": float(decision.predicted_costs[action]),
+                        "observed_cost": cost,
+                        "costs": info["costs"],
+                        "violation": violation,
+                        "accepted": bool(info["accepted"]),
+                        "diverged": bool(info["diverged"]),
+                    }
+                )
+                step_metrics = {
+                    k: float(v)
+                    for k, v in record.items()
+                    if k not in ("episode", "step", "global_step", "action", "move", "samples_used")
+                    and v is not None
+                    and not (isinstance(v, float) and np.isnan(v))
+                }
+                tracker.log_step(step_metrics, step=env.t)
+                if (
+                    info["accepted"]
+                    and env._cost <= 0
+                    and (best is None or env.metrics["val_acc"] > best.val_metrics["val_acc"])
+                ):
+                    best = BestFeasible(
+                        episode,
+                        env.t,
+                        global_step,
+                        dict(env.metrics),
+                        [
+                            {"step": e.step, "samples": e.samples, **e.hyperparameters}
+                            for e in env.schedule
+                        ],
+                        {k: v.clone() for k, v in env.state.model.items()},
+                    )
+                bar.update(1)
+                bar.set_postfix(
+                    best=f"{best.val_metrics['val_acc']:.4f}" if best else "-",
+                    violations=violations,
+                )
+                obs, decision = next_obs, next_decision
+                stop = _early_stop(cfg, best, violations)
+                if stop:
+                    break
+            tracker.end_episode(
+                {
+                    "episode_return": episode_return,
+                    "violations_so_far": float(violations),
+                    "best_feasible_val_acc": best.val_metrics["val_acc"] if best else 0.0,
+                },
+                episode,
+            )
+            if stop:
+                stop_reason = stop
+                break
+        bar.close()
+        summary = _finish(cfg, splits, env, agent, shield, tracker, out_dir, records, audit, best)
+        summary.update(
+            episodes_run=episodes_run,
+            steps_run=global_step,
+            samples_trained=samples,
+            violations=violations,
+            diverged_steps=diverged,
+            stop_reason=stop_reason,
+            wall_seconds=time.perf_counter() - start,
+            controller_seconds=controller.seconds,
+        )
+        result = TuningSummary(**summary)
+        (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+        tracker.log_artifact(out_dir / "summary.json")
+        tracker.log_parent(
+            {
+                "wall_seconds": result.wall_seconds,
+                "controller_seconds": result.controller_seconds,
+                "violations": float(violations),
+            }
+        )
+        status = "FINISHED"
+        return result
+    finally:
+        bar.close()
+        env.close()
+        tracker.finish(status)
+
+
+def _early_stop(cfg: Config, best: BestFeasible | None, violations: int) -> str | None:
+    t = cfg.tuner
+    if (
+        t.target_val_acc is not None
+        and best is not None
+        and best.val_metrics["val_acc"] >= t.target_val_acc
+    ):
+        return f"reached target_val_acc {t.target_val_acc}"
+    if t.max_violations is not None and violations >= t.max_violations:
+        return f"hit max_violations {t.max_violations}"
+    return None
+
+
+def _finish(
+    cfg: Config,
+    splits: MnistSplits,
+    env: HyperparamEnv,
+    agent: DQNAgent,
+    shield: SafetyShield,
+    tracker: Tracker,
+    out_dir: Path,
+    records: list[dict[str, Any]],
+    audit: list[dict[str, Any]],
+    best: BestFeasible | None,
+) -> dict[str, Any]:
+    """Evaluate the best feasible checkpoint on test and write/log every artifact."""
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with open(out_dir / "shield_audit.jsonl", "w") as fh:
+        for entry in audit:
+            fh.write(json.dumps(entry) + "\n")
+    with open(out_dir / "steps.jsonl", "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    policy_path = save_policy(
+        out_dir / "agent.pt", agent.state_dict(), shield.state_dict(), env.space.names
+    )
+    plot_path = plot_steps(records, env.space.names, out_dir / "schedule.png") if records else None
+    for path, folder in (
+        (out_dir / "config.yaml", None),
+        (out_dir / "shield_audit.jsonl", None),
+        (out_dir / "steps.jsonl", None),
+        (policy_path, "policy"),
+        (plot_path, "plots"),
+    ):
+        if path is not None:
+            tracker.log_artifact(path, folder)
+
+    test_metrics = best_dict = registered = None
+    if best is not None:
+        model = build_model(cfg.model)
+        model.load_state_dict(best.model_state)
+        model.eval()
+        test_metrics = safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed)
+        best_dict = {
+            "episode": best.episode,
+            "step": best.step,
+            "global_step": best.global_step,
+            "val_metrics": best.val_metrics,
+            "schedule": best.schedule,
+            "checkpoint": str(out_dir / "best_model.pt"),
+        }
+        ckpt = save_model_checkpoint(
+            out_dir / "best_model.pt",
+            best.model_state,
+            asdict(cfg.model),
+            best.schedule,
+            test_metrics,
+        )
+        tracker.log_parent(
+            {f"test_{k}" if not k.startswith("test_") else k: v for k, v in test_metrics.items()}
+        )
+        registered = tracker.log_model(
+            model,
+            ckpt,
+            splits.test.x[:2],
+            bool(test_metrics["constraints_satisfied"]),
+            test_metrics,
+        )
+    return {
+        "feasible_found": best is not None,
+        "constraints": list(cfg.safety.constraints),
+        "best": best_dict,
+        "test_metrics": test_metrics,
+        "output_dir": str(out_dir),
+        "tracking_uri": tracker.uri if tracker.enabled else None,
+        "mlflow_run_id": tracker.parent_id,
+        "registered_model": registered,
+    }

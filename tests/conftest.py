@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny but real config (real MNIST images, real training)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from shieldtune.config import Config, config_from_dict
+from shieldtune.data import MnistSplits, load_mnist
+
+# One intra-op thread: the tests' models are tiny, and with two threads torch slows down
+# by an order of magnitude whenever another process (an mlflow server) shares the 2 cores.
+torch.set_num_threads(1)
+
+# Keep MLflow from reaching out (no internet here) and tests quiet.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TINY = {
+    "data": {"train_size": 600, "val_size": 300, "test_size": 300},
+    "model": {"conv1_channels": 4, "conv2_channels": 8, "hidden": 32},
+    "training": {"segment_samples": 300},
+    "safety": {"eval_samples": 100, "mia_samples": 100, "pgd_steps": 3, "pgd_restarts": 1},
+    "env": {"steps_per_episode": 3},
+    "agent": {"learning_starts": 2, "batch_size": 8, "epsilon_decay_steps": 4},
+    "shield": {"critic_min_samples": 2},
+    "tuner": {"episodes": 2, "progress": False},
+}
+
+
+def tiny_dict(**sections: dict) -> dict:
+    """The tiny config as a dict, with per-section overrides merged in."""
+    out = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    return config_from_dict(tiny_dict(tracking={"enabled": False}))
+
+
+@pytest.fixture(scope="session")
+def tiny_splits() -> MnistSplits:
+    return load_mnist(config_from_dict(TINY).data)

@@ -1,0 +1,109 @@
+"""The command line: tune, evaluate, env-check, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shieldtune.cli import main
+
+TINY_SETS = [
+    "data.train_size=600",
+    "data.val_size=300",
+    "data.test_size=300",
+    "model.conv1_channels=4",
+    "model.conv2_channels=8",
+    "model.hidden=32",
+    "training.segment_samples=300",
+    "safety.eval_samples=100",
+    "safety.mia_samples=100",
+    "safety.pgd_steps=3",
+    "safety.pgd_restarts=1",
+    "env.steps_per_episode=2",
+    "tuner.episodes=1",
+    "tuner.progress=false",
+    "safety.constraints=[fgsm_robust_acc >= 0.1]",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    return [arg for kv in (*TINY_SETS, *extra) for arg in ("--set", kv)]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shieldtune.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_tune_then_evaluate_the_best_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", *sets("tracking.enabled=false")]) == 0
+    out = capsys.readouterr().out
+    assert "best feasible" in out and "safety gate" in out
+    ckpt = next(tmp_path.glob("shieldtune-runs/*/best_model.pt"))
+    code = main(["evaluate", "--checkpoint", str(ckpt), *sets(), "--output", "report.json"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == (0 if report["constraints_satisfied"] else 1)
+    assert {
+        "test_acc",
+        "fgsm_robust_acc",
+        "pgd_robust_acc",
+        "fgsm_pgd_gap",
+        "mia_advantage",
+        "mia_tpr_at_1fpr",
+    } <= set(report)
+
+
+def test_tune_with_default_tracking_uses_a_local_sqlite_store_and_says_how_to_browse(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["tune", *sets()]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "mlflow.db").is_file()
+    assert f"sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert "mlflow ui --backend-store-uri" in out
+
+
+def test_env_check_passes(tmp_path, capsys):
+    assert main(["env-check", *sets()]) == 0
+    assert "passes gymnasium's check_env" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["tune", "--set", "tuner.episodes=-3"], "tuner.episodes"),
+        (["tune", "--config", "missing.yaml"], "does not exist"),
+        (["tune", "--set", "safety.constraints=[fgsm_robust_acc > 0.5]"], "safety.constraints[0]"),
+        (["tune", "--set", "data.source=idx"], "data.root"),
+        (["evaluate", "--checkpoint", "nope.pt"], "does not exist"),
+        (["evaluate", "--model-uri", "runs:/abc/model"], "models:/NAME@ALIAS"),
+    ],
+)
+def test_bad_input_prints_one_line_error_and_no_traceback(tmp_path, args, fragment):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("shieldtune: error:") and fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_tampered_checkpoint_is_refused_with_one_line(tmp_path):
+    bad = tmp_path / "best_model.pt"
+    bad.write_bytes(b"\x80\x04not really a checkpoint")
+    result = run_cli("evaluate", "--checkpoint", str(bad), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "corrupted or not a safe weights-only file" in result.stderr

@@ -1,0 +1,200 @@
+"""The Gymnasium environment: API conformance, rewards, rollback, divergence, masks."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import shieldtune  # noqa: F401  (registers shieldtune/Hyperparam-v0)
+from shieldtune.config import config_from_dict
+from shieldtune.env import ENV_ID, HyperparamEnv
+from shieldtune.executor import StepRequest, StepResult, TrainState
+
+from .conftest import tiny_dict
+
+
+class ScriptedExecutor:
+    """Returns pre-set metrics per call, and records the requests it received."""
+
+    def __init__(self, outcomes: list[dict]) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: list[StepRequest] = []
+
+    def run(self, request: StepRequest) -> StepResult:
+        self.requests.append(request)
+        out = self.outcomes.pop(0)
+        marker = torch.tensor([float(len(self.requests))])
+        return StepResult(
+            TrainState({"marker": marker}),
+            out.get("metrics", {}),
+            out.get("diverged", False),
+            request.budget_samples,
+            0.0,
+            0.0,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def metrics(acc: float, fgsm: float = 0.9, mia: float = 0.01) -> dict:
+    return {
+        "metrics": {
+            "val_acc": acc,
+            "fgsm_robust_acc": fgsm,
+            "mia_advantage": mia,
+            "mia_tpr_at_1fpr": 0.0,
+            "train_loss": 0.1,
+        }
+    }
+
+
+def scripted_env(outcomes, **sections) -> tuple[HyperparamEnv, ScriptedExecutor]:
+    ex = ScriptedExecutor(outcomes)
+    cfg = config_from_dict(
+        tiny_dict(safety={"constraints": ["fgsm_robust_acc >= 0.5"]}, **sections)
+    )
+    return HyperparamEnv(cfg, ex), ex
+
+
+def test_env_passes_gymnasium_check_env_with_real_training(tiny_config):
+    env = HyperparamEnv(tiny_config)
+    check_env(env, skip_render_check=True)
+
+
+def test_gym_make_builds_the_registered_env():
+    env = gym.make(ENV_ID, config=tiny_dict())
+    assert isinstance(env.unwrapped, HyperparamEnv)
+    assert env.action_space.n == 9
+
+
+def test_reward_is_validation_accuracy_gain_and_observation_reports_it():
+    env, _ex = scripted_env([metrics(0.1), metrics(0.6), metrics(0.7)])
+    obs, info = env.reset(seed=0)
+    assert info["constraint_satisfied"]
+    _, r1, *_ = env.step(env.space.keep_action)
+    obs, r2, term, trunc, info = env.step(env.space.keep_action)
+    assert r1 == pytest.approx(0.5) and r2 == pytest.approx(0.1)
+    assert obs[0] == pytest.approx(0.7)
+    assert obs[-1] == pytest.approx(0.1)  # last reward
+    assert not term and not trunc
+    assert info["accepted"] and info["cost"] == pytest.approx(0.5 - 0.9)
+
+
+def test_unsafe_segment_is_rolled_back_and_counted_as_violation():
+    env, ex = scripted_env([metrics(0.1), metrics(0.8), metrics(0.95, fgsm=0.2), metrics(0.85)])
+    env.reset(seed=0)
+    env.step(env.space.keep_action)
+    safe_state, safe_hp = env.state, dict(env.hyperparameters)
+    up_lr = next(a for a in range(env.space.n_actions) if env.space.moves(a).tolist() == [1, 0])
+    _, reward, term, _, info = env.step(up_lr)
+    assert info["cost"] == pytest.approx(0.3) and not info["constraint_satisfied"]
+    assert not info["accepted"] and reward == 0.0 and not term
+    assert env.state is safe_state and env.hyperparameters == safe_hp
+    assert env.metrics["val_acc"] == pytest.approx(0.8)
+    # The next segment continues from the safe checkpoint, not the rejected one.
+    env.step(env.space.keep_action)
+    assert ex.requests[-1].state is safe_state
+    assert [e.step for e in env.schedule] == [1, 3]
+
+
+def test_without_rollback_unsafe_segments_are_accepted():
+    env, _ = scripted_env([metrics(0.1), metrics(0.9, fgsm=0.2)], shield={"rollback": False})
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(env.space.keep_action)
+    assert info["accepted"] and not info["constraint_satisfied"]
+    assert reward == pytest.approx(0.8)
+
+
+def test_cost_penalty_is_subtracted_from_reward():
+    env, _ = scripted_env(
+        [metrics(0.1), metrics(0.9, fgsm=0.2)], shield={"rollback": False, "cost_penalty": 2.0}
+    )
+    env.reset(seed=0)
+    _, reward, *_ = env.step(env.space.keep_action)
+    assert reward == pytest.approx(0.8 - 2.0 * 0.3)
+
+
+def test_diverged_segment_ends_episode_as_violation_without_raising():
+    env, _ = scripted_env(
+        [metrics(0.1), metrics(0.8), {"diverged": True, "metrics": {"train_loss": float("nan")}}]
+    )
+    env.reset(seed=0)
+    env.step(env.space.keep_action)
+    _, reward, term, _, info = env.step(env.space.keep_action)
+    assert term and info["diverged"] and not info["accepted"]
+    assert info["cost"] == pytest.approx(1.0)
+    assert reward == pytest.approx(-0.8)
+
+
+def test_real_divergence_with_huge_learning_rate_terminates_episode():
+    cfg = config_from_dict(
+        tiny_dict(
+            env={
+                "search_space": [{"name": "learning_rate", "init": 8.0, "low": 1.0, "high": 10.0}]
+            },
+            training={"momentum": 0.99},
+        )
+    )
+    env = HyperparamEnv(cfg)
+    env.reset(seed=0)
+    _, _reward, terminated, _truncated, info = env.step(env.space.keep_action)
+    assert terminated and info["diverged"] and not info["accepted"]
+    assert info["cost"] == cfg.shield.divergence_cost
+
+
+def test_nan_weights_count_as_divergence_not_a_crash(tiny_config):
+    env = HyperparamEnv(tiny_config)
+    env.reset(seed=0)
+    for tensor in env.state.model.values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    _, _, terminated, _, info = env.step(env.space.keep_action)
+    assert terminated and info["diverged"]
+
+
+def test_episode_truncates_after_configured_steps_and_tracks_budget():
+    env, _ = scripted_env([metrics(0.1)] + [metrics(0.5 + 0.1 * i) for i in range(3)])
+    env.reset(seed=0)
+    for i in range(3):
+        obs, _, term, trunc, _ = env.step(env.space.keep_action)
+        assert trunc == (i == 2) and not term
+    assert obs[-2] == pytest.approx(1.0)  # budget progress
+    assert env.samples_used == 3 * 300
+
+
+def test_action_mask_forbids_moves_past_the_bounds():
+    env, _ = scripted_env(
+        [metrics(0.1)],
+        env={
+            "search_space": [
+                {"name": "learning_rate", "init": 0.4, "low": 0.05, "high": 0.4},
+                {"name": "batch_size", "init": 16, "low": 16, "high": 64, "integer": True},
+            ]
+        },
+    )
+    _, info = env.reset(seed=0)
+    mask = info["action_mask"]
+    for a in range(env.space.n_actions):
+        lr_move, bs_move = env.space.moves(a)
+        assert mask[a] == (lr_move != 1 and bs_move != -1)
+
+
+def test_reset_with_same_seed_is_deterministic(tiny_config):
+    env = HyperparamEnv(tiny_config)
+    o1, _ = env.reset(seed=7)
+    s1 = env.step(4)[0]
+    o2, _ = env.reset(seed=7)
+    s2 = env.step(4)[0]
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_invalid_action_is_rejected():
+    env, _ = scripted_env([metrics(0.1)])
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not in"):
+        env.step(99)

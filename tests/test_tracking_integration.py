@@ -1,0 +1,398 @@
+"""End-to-end tracking: tiny real tuning jobs against a real ``mlflow server`` on loopback.
+
+A module-scoped fixture starts ``python -m mlflow server`` (sqlite backend, proxied
+artifacts in a temp folder) on a free port and points ``MLFLOW_TRACKING_URI`` at it.
+Everything is then checked through the server's REST API with ``MlflowClient``: the
+run tree, per-step metric histories, params, tags, artifacts, the model registry
+(safety-gate tag and ``champion`` alias), and ``shieldtune evaluate --model-uri``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+import shieldtune
+from shieldtune import cli
+from shieldtune.config import Config, config_from_dict, flatten
+from shieldtune.tracking import CHAMPION_ALIAS
+from shieldtune.tuner import TuningSummary, run_tuning
+
+from .conftest import tiny_dict
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+SERVER_START_DEADLINE_S = 90.0
+#: A constraint that every trained model meets, so the final safety gate passes.
+EASY_SPEC = ["mia_advantage <= 0.9"]
+#: A constraint nothing meets: no feasible model, so nothing may be registered.
+IMPOSSIBLE_SPEC = ["fgsm_robust_acc >= 0.99"]
+#: Overrides that rebuild the tiny data/safety config on the ``shieldtune`` command line.
+TINY_EVAL_OVERRIDES = [
+    "data.train_size=600",
+    "data.val_size=300",
+    "data.test_size=300",
+    "safety.eval_samples=100",
+    "safety.mia_samples=100",
+    "safety.pgd_steps=3",
+    "safety.pgd_restarts=1",
+    f"safety.constraints={json.dumps(EASY_SPEC)}",
+]
+STEP_METRICS = (
+    "val_acc",
+    "fgsm_robust_acc",
+    "mia_advantage",
+    "reward",
+    "cost",
+    "learning_rate",
+    "batch_size",
+    "epsilon",
+    "masked_actions",
+)
+PARENT_FILES = ("config.yaml", "summary.json", "steps.jsonl", "shield_audit.jsonl")
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    try:
+        with opener.open(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server (it stops its own workers); SIGKILL its process group if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    # The server ran in its own session, so this group holds only its processes.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@dataclass
+class Server:
+    uri: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_DEADLINE_S
+        while not _healthy(uri):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {proc.returncode}"
+                    if proc.poll() is not None
+                    else f"not healthy after {SERVER_START_DEADLINE_S:.0f} s"
+                )
+                pytest.fail(
+                    f"mlflow server {why}: {' '.join(cmd)}\n--- server output ---\n"
+                    f"{log_path.read_text(errors='replace')[-6000:]}",
+                    pytrace=False,
+                )
+            time.sleep(0.5)
+
+        workdir = root / "work"
+        workdir.mkdir()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+            mp.setenv("no_proxy", "127.0.0.1,localhost")
+            # Anything that ignored MLFLOW_TRACKING_URI would write ./mlflow.db here.
+            mp.chdir(workdir)
+            try:
+                yield Server(uri, workdir)
+            finally:
+                # Tracker.start() calls mlflow.set_tracking_uri(), a process-wide setting
+                # (it also writes os.environ, which the MonkeyPatch context restores).
+                mlflow.set_tracking_uri(None)
+    finally:
+        _stop(proc)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass
+class Job:
+    cfg: Config
+    summary: TuningSummary
+    experiment_id: str
+    registered_model_name: str
+
+
+def _tiny_job_config(tmp: Path, constraints: list[str], **sections: dict) -> Config:
+    tag = uuid.uuid4().hex[:8]
+    return config_from_dict(
+        tiny_dict(
+            tracking={
+                "enabled": True,
+                "experiment": f"it-{tag}",
+                "registered_model_name": f"it-model-{tag}",
+            },
+            tuner={"output_dir": str(tmp / "runs")},
+            safety={"constraints": constraints},
+            **sections,
+        )
+    )
+
+
+def _run_job(server: Server, cfg: Config) -> Job:
+    summary = run_tuning(cfg)
+    exp = MlflowClient(server.uri).get_experiment_by_name(cfg.tracking.experiment)
+    assert exp is not None, f"experiment {cfg.tracking.experiment!r} was not created on the server"
+    return Job(cfg, summary, exp.experiment_id, cfg.tracking.registered_model_name)
+
+
+@pytest.fixture(scope="module")
+def champion_job(mlflow_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """One tiny job whose spec every model meets; 600-sample segments so test_acc clears 0.5."""
+    cfg = _tiny_job_config(
+        tmp_path_factory.mktemp("champion"), EASY_SPEC, training={"segment_samples": 600}
+    )
+    return _run_job(mlflow_server, cfg)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _parent_runs(client: MlflowClient, experiment_id: str) -> list:
+    runs = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _child_runs(client: MlflowClient, parent_id: str) -> list:
+    """Runs nested under ``parent_id`` in *any* experiment on the server."""
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(
+        exp_ids,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=1000,
+    )
+
+
+def _read_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> str:
+    return Path(client.download_artifacts(run_id, path, str(dst))).read_text()
+
+
+def _assert_registry_matches_summary(
+    client: MlflowClient, name: str, summary: TuningSummary
+) -> None:
+    """Safety-gate tag and ``champion`` alias agree with the job's own test verdict."""
+    versions = client.search_model_versions(f"name='{name}'")
+    if not summary.feasible_found:
+        assert summary.registered_model is None
+        assert versions == [], f"no feasible model, yet {name!r} has versions {versions}"
+        return
+    assert len(versions) == 1, versions
+    mv = versions[0]
+    passed = bool(summary.test_metrics["constraints_satisfied"])
+    assert mv.tags["safety_gate"] == ("passed" if passed else "failed")
+    assert mv.run_id == summary.mlflow_run_id
+    assert mv.tags["source_run_id"] == summary.mlflow_run_id
+    assert json.loads(mv.tags["test_metrics"]) == pytest.approx(summary.test_metrics)
+    aliases = client.get_registered_model(name).aliases
+    assert (CHAMPION_ALIAS in aliases) == passed, aliases
+    if passed:
+        assert aliases[CHAMPION_ALIAS] == mv.version
+    assert summary.registered_model == {
+        "name": name,
+        "version": mv.version,
+        "alias": CHAMPION_ALIAS if passed else None,
+    }
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_job_logs_one_parent_run_with_full_config_params_tags_and_artifacts(
+    mlflow_server: Server, champion_job: Job, tmp_path: Path
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    summary, cfg = champion_job.summary, champion_job.cfg
+    assert summary.tracking_uri == mlflow_server.uri
+    assert not (mlflow_server.workdir / "mlflow.db").exists(), "MLFLOW_TRACKING_URI was ignored"
+
+    parents = _parent_runs(client, champion_job.experiment_id)
+    assert [r.info.run_id for r in parents] == [summary.mlflow_run_id]
+    parent = client.get_run(summary.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+
+    params = parent.data.params
+    assert params["tuner.episodes"] == str(cfg.tuner.episodes) == "2"
+    assert params == flatten(cfg), "params should be the whole flattened config"
+    assert parent.data.tags["seed"] == str(cfg.tuner.seed)
+    assert parent.data.tags["shieldtune.version"] == shieldtune.__version__
+    assert parent.data.metrics["test_acc"] == pytest.approx(summary.test_metrics["test_acc"])
+
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert set(PARENT_FILES) <= top, top
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
+        "plots/schedule.png"
+    }
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "policy")} == {
+        "policy/agent.pt"
+    }
+    png = Path(client.download_artifacts(parent.info.run_id, "plots/schedule.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = json.loads(_read_artifact(client, parent.info.run_id, "summary.json", tmp_path))
+    assert logged == json.loads(json.dumps(summary.to_dict()))
+
+
+def test_each_episode_is_a_nested_run_with_per_step_metric_history(
+    mlflow_server: Server, champion_job: Job, tmp_path: Path
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    cfg, parent_id = champion_job.cfg, champion_job.summary.mlflow_run_id
+    steps = cfg.env.steps_per_episode
+
+    children = _child_runs(client, parent_id)
+    assert len(children) == cfg.tuner.episodes
+    by_episode = {int(r.data.tags["episode"]): r for r in children}
+    assert sorted(by_episode) == list(range(cfg.tuner.episodes))
+
+    records = [
+        json.loads(line)
+        for line in _read_artifact(client, parent_id, "steps.jsonl", tmp_path).splitlines()
+    ]
+    assert len(records) == cfg.tuner.episodes * steps
+    q_loss_points = 0
+    for episode, run in by_episode.items():
+        assert run.info.run_name == f"episode-{episode:03d}"
+        assert run.info.status == "FINISHED"
+        assert set(STEP_METRICS) <= set(run.data.metrics), sorted(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1))
+        logged = {m.step: m.value for m in history}
+        expected = {r["step"]: r["val_acc"] for r in records if r["episode"] == episode}
+        assert logged == pytest.approx(expected)
+        q_loss_points += len(client.get_metric_history(run.info.run_id, "q_loss"))
+    # learning_starts=2: the agent learns from the second step on, so q_loss gets logged.
+    assert q_loss_points >= 1
+
+
+def test_episode_runs_live_in_the_jobs_experiment(mlflow_server: Server, champion_job: Job) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    children = _child_runs(client, champion_job.summary.mlflow_run_id)
+    assert len(children) == champion_job.cfg.tuner.episodes
+    assert {r.info.experiment_id for r in children} == {champion_job.experiment_id}
+
+
+def test_passing_safety_gate_registers_model_with_champion_alias(
+    mlflow_server: Server, champion_job: Job
+) -> None:
+    summary = champion_job.summary
+    assert summary.feasible_found
+    assert summary.test_metrics is not None
+    assert summary.test_metrics["constraints_satisfied"] == 1.0, summary.test_metrics
+    _assert_registry_matches_summary(
+        MlflowClient(mlflow_server.uri), champion_job.registered_model_name, summary
+    )
+
+
+def test_evaluate_cli_scores_the_registered_champion(
+    mlflow_server: Server, champion_job: Job, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "report.json"
+    argv = ["evaluate", "--model-uri", f"models:/{champion_job.registered_model_name}@champion"]
+    for override in TINY_EVAL_OVERRIDES:
+        argv += ["--set", override]
+    argv += ["--output", str(out_file)]
+
+    rc = cli.main(argv)
+
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["test_acc"] > 0.5
+    assert report["constraints_satisfied"] == 1.0
+    # Same checkpoint, same data and attack settings: the tuner's own test report.
+    assert report == pytest.approx(champion_job.summary.test_metrics)
+    assert json.loads(out_file.read_text()) == report
+
+
+def test_infeasible_spec_registers_no_model_but_still_logs_the_job(
+    mlflow_server: Server, tmp_path: Path
+) -> None:
+    cfg = _tiny_job_config(tmp_path, IMPOSSIBLE_SPEC)
+    job = _run_job(mlflow_server, cfg)
+    summary = job.summary
+    client = MlflowClient(mlflow_server.uri)
+
+    assert summary.feasible_found is False
+    assert summary.best is None
+    assert summary.test_metrics is None
+    assert summary.violations > 0
+    _assert_registry_matches_summary(client, job.registered_model_name, summary)
+    assert client.search_registered_models(f"name='{job.registered_model_name}'") == []
+
+    parents = _parent_runs(client, job.experiment_id)
+    assert [r.info.run_id for r in parents] == [summary.mlflow_run_id]
+    parent = client.get_run(summary.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert not any(k.startswith("test_") for k in parent.data.metrics), parent.data.metrics
+    assert set(PARENT_FILES) <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert len(_child_runs(client, summary.mlflow_run_id)) == cfg.tuner.episodes

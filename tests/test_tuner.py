@@ -1,0 +1,124 @@
+"""The tuning loop end to end on real data (tracking off; MLflow has its own integration test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shieldtune.checkpoint import MODEL_KIND, safe_load
+from shieldtune.config import config_from_dict
+from shieldtune.safety import parse_constraints, spec_cost
+from shieldtune.tuner import run_tuning
+
+from .conftest import tiny_dict
+
+
+def tiny(tmp_path: Path, **sections):
+    sections.setdefault("tracking", {"enabled": False})
+    sections.setdefault("safety", {"constraints": ["fgsm_robust_acc >= 0.1"]})
+    tuner = {"output_dir": str(tmp_path), **sections.pop("tuner", {})}
+    return config_from_dict(tiny_dict(tuner=tuner, **sections))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_splits):
+    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.2"]})
+    s = run_tuning(cfg, splits=tiny_splits)
+    out = Path(s.output_dir)
+    steps = read_jsonl(out / "steps.jsonl")
+    audit = read_jsonl(out / "shield_audit.jsonl")
+    assert s.steps_run == len(steps) == len(audit) == cfg.tuner.episodes * cfg.env.steps_per_episode
+    assert s.violations == sum(r["cost"] > 0 for r in steps)
+    assert s.samples_trained == s.steps_run * cfg.training.segment_samples
+    assert json.loads((out / "summary.json").read_text())["violations"] == s.violations
+    assert (out / "schedule.png").read_bytes()[:4] == b"\x89PNG"
+    assert s.feasible_found
+    constraints = parse_constraints(cfg.safety.constraints)
+    assert spec_cost(constraints, s.best["val_metrics"]) <= 0
+    # The best schedule lists only accepted segments, each with every hyperparameter.
+    assert all({"learning_rate", "batch_size", "momentum"} <= set(e) for e in s.best["schedule"])
+    ckpt = safe_load(s.best["checkpoint"], MODEL_KIND)
+    assert ckpt["schedule"] == s.best["schedule"]
+    assert 0.0 <= s.test_metrics["pgd_robust_acc"] <= s.test_metrics["test_acc"]
+    assert s.test_metrics["fgsm_pgd_gap"] == pytest.approx(
+        s.test_metrics["fgsm_robust_acc"] - s.test_metrics["pgd_robust_acc"]
+    )
+
+
+def test_no_accepted_model_ever_violates_the_spec_under_rollback(tmp_path, tiny_splits):
+    # A constraint tight enough that some segments break it.
+    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.45"]}, tuner={"episodes": 3})
+    s = run_tuning(cfg, splits=tiny_splits)
+    steps = read_jsonl(Path(s.output_dir) / "steps.jsonl")
+    assert s.violations > 0, "test needs at least one violation to mean anything"
+    for r in steps:
+        if r["cost"] > 0:
+            assert not r["accepted"]
+        if r["accepted"]:
+            assert r["cost"] <= 0
+
+
+def test_no_feasible_model_is_reported_not_invented(tmp_path, tiny_splits):
+    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.99"]}, tuner={"episodes": 1})
+    s = run_tuning(cfg, splits=tiny_splits)
+    assert not s.feasible_found and s.best is None and s.test_metrics is None
+    assert s.violations == s.steps_run
+
+
+def test_same_seed_reproduces_the_same_job(tmp_path, tiny_splits):
+    a = run_tuning(tiny(tmp_path / "a"), splits=tiny_splits)
+    b = run_tuning(tiny(tmp_path / "b"), splits=tiny_splits)
+    assert (
+        read_jsonl(Path(a.output_dir) / "steps.jsonl")[-1]["val_acc"]
+        == (read_jsonl(Path(b.output_dir) / "steps.jsonl")[-1]["val_acc"])
+    )
+    assert a.best["schedule"] == b.best["schedule"]
+    assert a.test_metrics == b.test_metrics
+
+
+def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_splits):
+    s = run_tuning(tiny(tmp_path / "t", tuner={"target_val_acc": 0.05}), splits=tiny_splits)
+    steps = read_jsonl(Path(s.output_dir) / "steps.jsonl")
+    assert "target_val_acc" in s.stop_reason and s.best["val_metrics"]["val_acc"] >= 0.05
+    # It stopped at the first feasible accepted step, not later.
+    first_feasible = next(i for i, r in enumerate(steps) if r["accepted"] and r["cost"] <= 0)
+    assert s.steps_run == first_feasible + 1
+    s = run_tuning(
+        tiny(
+            tmp_path / "v",
+            safety={"constraints": ["fgsm_robust_acc >= 0.99"]},
+            tuner={"max_violations": 2},
+        ),
+        splits=tiny_splits,
+    )
+    assert s.violations == 2 and s.steps_run == 2 and "max_violations" in s.stop_reason
+
+
+def test_warm_start_loads_the_previous_policy(tmp_path, tiny_splits):
+    first = run_tuning(tiny(tmp_path / "a"), splits=tiny_splits)
+    policy = Path(first.output_dir) / "agent.pt"
+    cfg = tiny(tmp_path / "b", tuner={"warm_start": str(policy), "episodes": 1})
+    second = run_tuning(cfg, splits=tiny_splits)
+    saved = torch.load(policy, weights_only=True)
+    assert saved["kind"] == "shieldtune.policy/v1"
+    audit = read_jsonl(Path(second.output_dir) / "shield_audit.jsonl")
+    assert audit[0]["shield_active"]  # the transferred critic is trusted from the first step
+
+
+def test_warm_start_from_a_different_search_space_is_a_clear_error(tmp_path, tiny_splits):
+    from shieldtune.errors import CheckpointError
+
+    first = run_tuning(tiny(tmp_path / "a", tuner={"episodes": 1}), splits=tiny_splits)
+    cfg = tiny(
+        tmp_path / "b",
+        env={"search_space": [{"name": "learning_rate", "init": 0.05, "low": 0.01, "high": 0.4}]},
+        tuner={"warm_start": str(Path(first.output_dir) / "agent.pt")},
+    )
+    with pytest.raises(CheckpointError, match="n_actions"):
+        run_tuning(cfg, splits=tiny_splits)
