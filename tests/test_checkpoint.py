@@ -58,7 +58,7 @@ def test_truncated_checkpoint_gives_a_one_line_error(tmp_path):
 
 def test_wrong_kind_and_missing_file_are_reported(tmp_path):
     path = save_policy(tmp_path / "agent.pt", {}, {}, [])
-    with pytest.raises(CheckpointError, match="not a shieldtune.model/v1 file"):
+    with pytest.raises(CheckpointError, match=r"not a shieldtune\.model/v1 file"):
         safe_load(path, MODEL_KIND)
     with pytest.raises(CheckpointError, match="does not exist"):
         safe_load(tmp_path / "absent.pt", MODEL_KIND)

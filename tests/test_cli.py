@@ -51,9 +51,12 @@ def test_tune_then_evaluate_the_best_checkpoint(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "best feasible" in out and "safety gate" in out
     ckpt = next(tmp_path.glob("shieldtune-runs/*/best_model.pt"))
-    code = main(["evaluate", "--checkpoint", str(ckpt), *sets(), "--output", "report.json"])
+    summary = json.loads((ckpt.parent / "summary.json").read_text())
+    # Without --config, evaluate reuses the job's own config (same model, same splits).
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--output", "report.json"])
     report = json.loads((tmp_path / "report.json").read_text())
     assert code == (0 if report["constraints_satisfied"] else 1)
+    assert report == summary["test_metrics"]
     assert {
         "test_acc",
         "fgsm_robust_acc",

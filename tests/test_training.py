@@ -29,12 +29,12 @@ def test_same_seed_gives_bitwise_identical_weights(tiny_splits):
     a, _, sa = run(tiny_splits, seed=3)
     b, _, sb = run(tiny_splits, seed=3)
     c, _, _ = run(tiny_splits, seed=4)
-    for (k, va), vb, vc in zip(
-        a.state_dict().items(), b.state_dict().values(), c.state_dict().values()
-    ):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert sa.mean_loss == sb.mean_loss
-    assert any(not torch.equal(va, vc) for va, vc in zip(a.parameters(), c.parameters()))
+    assert any(
+        not torch.equal(va, vc) for va, vc in zip(a.parameters(), c.parameters(), strict=True)
+    )
 
 
 def test_segment_processes_exactly_the_budget_with_this_steps_batch_size(tiny_splits):
@@ -63,7 +63,9 @@ def test_adversarial_mix_trains_and_changes_the_result(tiny_splits):
     plain, _, _ = run(tiny_splits, {"adv_mix": 0.0})
     mixed, _, stats = run(tiny_splits, {"adv_mix": 0.5})
     assert not stats.diverged and math.isfinite(stats.mean_loss)
-    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), mixed.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(plain.parameters(), mixed.parameters(), strict=True)
+    )
 
 
 def test_non_finite_loss_is_reported_as_divergence_not_raised(tiny_splits):

@@ -58,15 +58,16 @@ def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
 def save_model_checkpoint(
     path: str | Path,
     model_state: dict[str, torch.Tensor],
-    model_config: dict[str, int],
+    config: dict[str, Any],
     schedule: list[dict[str, float]],
     metrics: dict[str, float],
 ) -> Path:
+    """``config`` is the job's whole config, so evaluation can rebuild the model and splits."""
     return atomic_save(
         {
             "kind": MODEL_KIND,
             "model_state": model_state,
-            "model_config": dict(model_config),
+            "config": config,
             "schedule": schedule,
             "metrics": dict(metrics),
         },

@@ -339,7 +339,7 @@ def _finish(
         ckpt = save_model_checkpoint(
             out_dir / "best_model.pt",
             best.model_state,
-            asdict(cfg.model),
+            cfg.to_dict(),
             best.schedule,
             test_metrics,
         )
