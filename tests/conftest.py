@@ -20,7 +20,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 TINY = {
     "data": {"train_size": 600, "val_size": 300, "test_size": 300},
     "model": {"conv1_channels": 4, "conv2_channels": 8, "hidden": 32},
-    "training": {"segment_samples": 300},
+    "training": {"segment_samples": 600},
     "safety": {"eval_samples": 100, "mia_samples": 100, "pgd_steps": 3, "pgd_restarts": 1},
     "env": {"steps_per_episode": 3},
     "agent": {"learning_starts": 2, "batch_size": 8, "epsilon_decay_steps": 4},

@@ -5,51 +5,14 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 
 import shieldtune  # noqa: F401  (registers shieldtune/Hyperparam-v0)
 from shieldtune.config import config_from_dict
 from shieldtune.env import ENV_ID, HyperparamEnv
-from shieldtune.executor import StepRequest, StepResult, TrainState
 
 from .conftest import tiny_dict
-
-
-class ScriptedExecutor:
-    """Returns pre-set metrics per call, and records the requests it received."""
-
-    def __init__(self, outcomes: list[dict]) -> None:
-        self.outcomes = list(outcomes)
-        self.requests: list[StepRequest] = []
-
-    def run(self, request: StepRequest) -> StepResult:
-        self.requests.append(request)
-        out = self.outcomes.pop(0)
-        marker = torch.tensor([float(len(self.requests))])
-        return StepResult(
-            TrainState({"marker": marker}),
-            out.get("metrics", {}),
-            out.get("diverged", False),
-            request.budget_samples,
-            0.0,
-            0.0,
-        )
-
-    def close(self) -> None:
-        pass
-
-
-def metrics(acc: float, fgsm: float = 0.9, mia: float = 0.01) -> dict:
-    return {
-        "metrics": {
-            "val_acc": acc,
-            "fgsm_robust_acc": fgsm,
-            "mia_advantage": mia,
-            "mia_tpr_at_1fpr": 0.0,
-            "train_loss": 0.1,
-        }
-    }
+from .scripted import ScriptedExecutor, metrics
 
 
 def scripted_env(outcomes, **sections) -> tuple[HyperparamEnv, ScriptedExecutor]:
@@ -92,6 +55,7 @@ def test_unsafe_segment_is_rolled_back_and_counted_as_violation():
     up_lr = next(a for a in range(env.space.n_actions) if env.space.moves(a).tolist() == [1, 0])
     _, reward, term, _, info = env.step(up_lr)
     assert info["cost"] == pytest.approx(0.3) and not info["constraint_satisfied"]
+    assert info["violation"] and not info["warmup"]
     assert not info["accepted"] and reward == 0.0 and not term
     assert env.state is safe_state and env.hyperparameters == safe_hp
     assert env.metrics["val_acc"] == pytest.approx(0.8)
@@ -99,6 +63,25 @@ def test_unsafe_segment_is_rolled_back_and_counted_as_violation():
     env.step(env.space.keep_action)
     assert ex.requests[-1].state is safe_state
     assert [e.step for e in env.schedule] == [1, 3]
+
+
+def test_warmup_segments_before_the_first_safe_state_are_accepted_not_violations():
+    env, _ = scripted_env(
+        [
+            metrics(0.1, fgsm=0.0),
+            metrics(0.5, fgsm=0.3),
+            metrics(0.8, fgsm=0.6),
+            metrics(0.9, fgsm=0.4),
+        ]
+    )
+    _, info = env.reset(seed=0)
+    assert not info["constraint_satisfied"]
+    _, _, _, _, info = env.step(env.space.keep_action)
+    assert info["warmup"] and info["accepted"] and not info["violation"]
+    _, _, _, _, info = env.step(env.space.keep_action)
+    assert info["accepted"] and not info["warmup"] and info["constraint_satisfied"]
+    _, _, _, _, info = env.step(env.space.keep_action)
+    assert info["violation"] and not info["warmup"] and not info["accepted"]
 
 
 def test_without_rollback_unsafe_segments_are_accepted():
@@ -163,7 +146,7 @@ def test_episode_truncates_after_configured_steps_and_tracks_budget():
         obs, _, term, trunc, _ = env.step(env.space.keep_action)
         assert trunc == (i == 2) and not term
     assert obs[-2] == pytest.approx(1.0)  # budget progress
-    assert env.samples_used == 3 * 300
+    assert env.samples_used == 3 * env.cfg.training.segment_samples
 
 
 def test_action_mask_forbids_moves_past_the_bounds():

@@ -14,6 +14,7 @@ from shieldtune.safety import parse_constraints, spec_cost
 from shieldtune.tuner import run_tuning
 
 from .conftest import tiny_dict
+from .scripted import ScriptedExecutor, metrics
 
 
 def tiny(tmp_path: Path, **sections):
@@ -28,13 +29,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_splits):
-    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.2"]})
+    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.15"]})
     s = run_tuning(cfg, splits=tiny_splits)
     out = Path(s.output_dir)
     steps = read_jsonl(out / "steps.jsonl")
     audit = read_jsonl(out / "shield_audit.jsonl")
     assert s.steps_run == len(steps) == len(audit) == cfg.tuner.episodes * cfg.env.steps_per_episode
-    assert s.violations == sum(r["cost"] > 0 for r in steps)
+    assert s.violations == sum(r["violation"] for r in steps)
+    assert s.warmup_steps == sum(r["warmup"] for r in steps)
+    assert all(r["cost"] > 0 for r in steps if r["violation"] or r["warmup"])
     assert s.samples_trained == s.steps_run * cfg.training.segment_samples
     assert json.loads((out / "summary.json").read_text())["violations"] == s.violations
     assert (out / "schedule.png").read_bytes()[:4] == b"\x89PNG"
@@ -53,22 +56,29 @@ def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_
 
 def test_no_accepted_model_ever_violates_the_spec_under_rollback(tmp_path, tiny_splits):
     # A constraint tight enough that some segments break it.
-    cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.45"]}, tuner={"episodes": 3})
+    cfg = tiny(
+        tmp_path,
+        safety={"constraints": ["fgsm_robust_acc >= 0.2"]},
+        env={"steps_per_episode": 5},
+    )
     s = run_tuning(cfg, splits=tiny_splits)
     steps = read_jsonl(Path(s.output_dir) / "steps.jsonl")
     assert s.violations > 0, "test needs at least one violation to mean anything"
-    for r in steps:
-        if r["cost"] > 0:
-            assert not r["accepted"]
-        if r["accepted"]:
-            assert r["cost"] <= 0
+    for episode in {r["episode"] for r in steps}:
+        ep = [r for r in steps if r["episode"] == episode]
+        first_safe = next((i for i, r in enumerate(ep) if r["cost"] <= 0), len(ep))
+        assert all(r["warmup"] and r["accepted"] for r in ep[:first_safe])
+        for r in ep[first_safe:]:
+            assert r["accepted"] == (r["cost"] <= 0)
+            assert r["violation"] == (r["cost"] > 0)
 
 
 def test_no_feasible_model_is_reported_not_invented(tmp_path, tiny_splits):
     cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.99"]}, tuner={"episodes": 1})
     s = run_tuning(cfg, splits=tiny_splits)
     assert not s.feasible_found and s.best is None and s.test_metrics is None
-    assert s.violations == s.steps_run
+    # Never safe, so never anything to roll back to: all warm-up, no rejected segment.
+    assert s.warmup_steps == s.steps_run and s.violations == 0
 
 
 def test_same_seed_reproduces_the_same_job(tmp_path, tiny_splits):
@@ -89,13 +99,16 @@ def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_split
     # It stopped at the first feasible accepted step, not later.
     first_feasible = next(i for i, r in enumerate(steps) if r["accepted"] and r["cost"] <= 0)
     assert s.steps_run == first_feasible + 1
+    # Safe from the start, then every segment breaks the spec: each is a violation.
+    scripted = ScriptedExecutor([metrics(0.1)] + [metrics(0.9, fgsm=0.05)] * 10)
     s = run_tuning(
         tiny(
             tmp_path / "v",
-            safety={"constraints": ["fgsm_robust_acc >= 0.99"]},
+            safety={"constraints": ["fgsm_robust_acc >= 0.5"]},
             tuner={"max_violations": 2},
         ),
         splits=tiny_splits,
+        executor=scripted,
     )
     assert s.violations == 2 and s.steps_run == 2 and "max_violations" in s.stop_reason
 

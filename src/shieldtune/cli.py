@@ -67,7 +67,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"\nconstraints: {', '.join(s.constraints)}")
     print(
         f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples trained, "
-        f"{s.violations} violations ({s.diverged_steps} diverged); {s.stop_reason}"
+        f"{s.violations} violations ({s.diverged_steps} diverged), {s.warmup_steps} warm-up "
+        f"steps before the first safe state; {s.stop_reason}"
     )
     if s.best is not None and s.test_metrics is not None:
         t = s.test_metrics

@@ -12,13 +12,19 @@ segment with the hyperparameters the action chose, then evaluates it.
 * Reward: validation-accuracy gain (the seed's definition), optionally minus
   ``shield.cost_penalty * max(cost, 0)``.
 * ``info``: ``cost`` (the spec's signed violation), ``costs`` per constraint,
-  ``constraint_satisfied``, ``action_mask`` (hard bounds) for the next state,
-  ``accepted`` (False when the segment was rolled back), ``diverged``.
+  ``constraint_satisfied``, ``violation``, ``warmup``, ``action_mask`` (hard
+  bounds) for the next state, ``accepted`` (False when the segment was rolled
+  back), ``diverged``.
 
-With ``shield.rollback`` a segment whose result breaks the spec is recorded
-but not accepted: the model and hyperparameters return to the last safe
-state, so no accepted model ever violates the spec. A diverging segment
-(non-finite loss) ends the episode as a violation instead of crashing.
+Warm-up and violations: a fresh model is never safe (an untrained CNN has about
+10% accuracy and no robustness), so until an episode first reaches a safe
+state there is nothing safe to return to. Those warm-up segments are accepted
+and reported with ``warmup=True``. From the first safe state on, a segment
+whose result breaks the spec is a *violation*: it is recorded and, with
+``shield.rollback``, not accepted: the model, optimizer state and
+hyperparameters return to the last safe state, so no accepted model after
+warm-up ever violates the spec. A diverging segment (NaN/inf or exploding
+loss) is always a violation and ends the episode instead of crashing.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class HyperparamEnv(gym.Env):
         self.samples_used = 0
         self._last_reward = 0.0
         self._cost = 0.0
+        self.safe_reached = False
         self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
     # ------------------------------------------------------------------ plumbing
@@ -137,6 +144,7 @@ class HyperparamEnv(gym.Env):
         )
         self.state, self.metrics = result.state, result.metrics
         self._cost = spec_cost(self.constraints, self.metrics)
+        self.safe_reached = self._cost <= 0
         return self._observation(), self._info(
             cost=self._cost, constraint_satisfied=self._cost <= 0
         )
@@ -166,11 +174,14 @@ class HyperparamEnv(gym.Env):
             cost = spec_cost(self.constraints, result.metrics)
             costs = self.costs(result.metrics)
             observed = result.metrics
-        violation = cost > 0
+        unsafe = cost > 0
+        warmup = unsafe and not self.safe_reached and not result.diverged
+        violation = unsafe and not warmup
         accepted = not result.diverged and not (violation and self.cfg.shield.rollback)
         if accepted:
             self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
             self._cost = cost
+            self.safe_reached = self.safe_reached or not unsafe
             self.schedule.append(
                 ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples)
             )
@@ -182,7 +193,9 @@ class HyperparamEnv(gym.Env):
         info = self._info(
             cost=cost,
             costs=costs,
-            constraint_satisfied=not violation,
+            constraint_satisfied=not unsafe,
+            violation=violation,
+            warmup=warmup,
             accepted=accepted,
             diverged=result.diverged,
             proposed_hyperparameters=proposed,

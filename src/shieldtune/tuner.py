@@ -53,6 +53,7 @@ class TuningSummary:
     steps_run: int
     samples_trained: int
     violations: int
+    warmup_steps: int
     diverged_steps: int
     stop_reason: str
     best: dict[str, Any] | None
@@ -124,7 +125,7 @@ def run_tuning(
     records: list[dict[str, Any]] = []
     audit: list[dict[str, Any]] = []
     best: BestFeasible | None = None
-    violations = diverged = global_step = samples = episodes_run = 0
+    violations = warmup = diverged = global_step = samples = episodes_run = 0
     stop_reason = "completed all episodes"
     controller = _Timer()
     total_steps = cfg.tuner.episodes * cfg.env.steps_per_episode
@@ -153,8 +154,9 @@ def run_tuning(
                     shield.record()
                     q_loss = agent.update()
                     critic_loss = shield.update(agent.buffer)
-                violation = cost > 0
+                violation = bool(info["violation"])
                 violations += int(violation)
+                warmup += int(info["warmup"])
                 diverged += int(info["diverged"])
                 episode_return += reward
                 observed = info["observed_metrics"]
@@ -170,6 +172,8 @@ def run_tuning(
                     "mia_advantage": observed.get("mia_advantage", float("nan")),
                     "reward": float(reward),
                     "cost": cost,
+                    "violation": violation,
+                    "warmup": bool(info["warmup"]),
                     "accepted": bool(info["accepted"]),
                     "diverged": bool(info["diverged"]),
                     "epsilon": agent.epsilon,
@@ -197,6 +201,7 @@ def run_tuning(
                         "observed_cost": cost,
                         "costs": info["costs"],
                         "violation": violation,
+                        "warmup": bool(info["warmup"]),
                         "accepted": bool(info["accepted"]),
                         "diverged": bool(info["diverged"]),
                     }
@@ -252,6 +257,7 @@ def run_tuning(
             steps_run=global_step,
             samples_trained=samples,
             violations=violations,
+            warmup_steps=warmup,
             diverged_steps=diverged,
             stop_reason=stop_reason,
             wall_seconds=time.perf_counter() - start,
