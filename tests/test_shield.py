@@ -55,6 +55,22 @@ def test_hard_bounds_always_apply_and_critic_waits_for_enough_observations():
     assert shield.active
 
 
+def test_an_action_just_rolled_back_is_masked_in_the_restored_state():
+    shield = SafetyShield(3, 4, ShieldConfig(critic_min_samples=100))  # critic not yet trusted
+    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), rejected_action=2)
+    assert d.allowed.tolist() == [True, True, False, True]
+    # It never removes the last allowed action.
+    only = np.array([False, False, True, False])
+    d = shield.decide(np.zeros(3, dtype=np.float32), only, rejected_action=2)
+    assert d.allowed.tolist() == only.tolist()
+
+
+def test_critic_masks_nothing_during_warmup():
+    shield = shield_with_costs([0.4, 0.1, 0.3, 0.2])
+    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), warmup=True)
+    assert d.allowed.all() and not d.masked_by_critic.any()
+
+
 def test_disabled_shield_masks_only_by_bounds():
     shield = shield_with_costs([0.9, 0.9, 0.9, 0.9], enabled=False)
     d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool))
@@ -79,3 +95,15 @@ def test_critic_learns_which_action_is_unsafe_from_observed_costs():
     assert high.allowed.tolist() == [True, True, False]
     assert low.allowed.all()
     assert high.predicted_costs[2] == pytest.approx(0.45, abs=0.12)
+
+
+def test_warm_started_critic_predicts_the_same_and_is_trusted_at_once():
+    source = shield_with_costs([0.4, -0.1, 0.3, 0.2])
+    for _ in range(9):
+        source.record()
+    target = SafetyShield(3, 4, ShieldConfig(critic_min_samples=5))
+    assert not target.active
+    target.load_state_dict(source.state_dict(), warm_start=True)
+    obs = np.ones(3, dtype=np.float32)
+    np.testing.assert_allclose(target.predict(obs), source.predict(obs))
+    assert target.active

@@ -113,15 +113,25 @@ def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_split
     assert s.violations == 2 and s.steps_run == 2 and "max_violations" in s.stop_reason
 
 
-def test_warm_start_loads_the_previous_policy(tmp_path, tiny_splits):
+def test_warm_start_continues_from_the_previous_policy(tmp_path, tiny_splits, monkeypatch):
+    from shieldtune import tuner
+
     first = run_tuning(tiny(tmp_path / "a"), splits=tiny_splits)
     policy = Path(first.output_dir) / "agent.pt"
-    cfg = tiny(tmp_path / "b", tuner={"warm_start": str(policy), "episodes": 1})
-    second = run_tuning(cfg, splits=tiny_splits)
     saved = torch.load(policy, weights_only=True)
     assert saved["kind"] == "shieldtune.policy/v1"
-    audit = read_jsonl(Path(second.output_dir) / "shield_audit.jsonl")
-    assert audit[0]["shield_active"]  # the transferred critic is trusted from the first step
+    loaded = {}
+    real_agent_load = tuner.DQNAgent.load_state_dict
+
+    def spy(self, state, warm_start=False):
+        loaded["agent"] = (state["steps"], warm_start)
+        return real_agent_load(self, state, warm_start)
+
+    monkeypatch.setattr(tuner.DQNAgent, "load_state_dict", spy)
+    cfg = tiny(tmp_path / "b", tuner={"warm_start": str(policy), "episodes": 1})
+    second = run_tuning(cfg, splits=tiny_splits)
+    assert loaded["agent"] == (first.steps_run, True)
+    assert second.steps_run == cfg.env.steps_per_episode
 
 
 def test_warm_start_from_a_different_search_space_is_a_clear_error(tmp_path, tiny_splits):

@@ -85,7 +85,7 @@ class TrainingConfig:
 @dataclass
 class SafetyConfig:
     #: Constraints ``METRIC >= VALUE`` or ``METRIC <= VALUE``; all must hold.
-    constraints: list[str] = field(default_factory=lambda: ["fgsm_robust_acc >= 0.30"])
+    constraints: list[str] = field(default_factory=lambda: ["fgsm_robust_acc >= 0.70"])
     #: L-inf attack radius in pixel units (images live in [0, 1]).
     epsilon: float = field(default=0.1, metadata=_range(0.0, 1.0))
     pgd_steps: int = field(default=10, metadata=_range(1, 1000))

@@ -26,6 +26,8 @@ class ShieldDecision:
     predicted_costs: np.ndarray
     #: True where the critic (not the hard bounds) removed the action.
     masked_by_critic: np.ndarray
+    #: Whether the critic took part (trusted, and the episode is past warm-up).
+    critic_applied: bool
 
 
 class SafetyShield:
@@ -47,17 +49,39 @@ class SafetyShield:
         with torch.no_grad():
             return self.critic(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
-    def decide(self, obs: np.ndarray, bounds_mask: np.ndarray) -> ShieldDecision:
+    def decide(
+        self,
+        obs: np.ndarray,
+        bounds_mask: np.ndarray,
+        rejected_action: int | None = None,
+        warmup: bool = False,
+    ) -> ShieldDecision:
+        """Allowed actions in ``obs``.
+
+        During ``warmup`` (the episode has not reached a safe state yet) no action
+        can lead to a safe state, so the critic masks nothing: masking would only
+        shrink exploration to the single least-bad action.
+
+        ``rejected_action`` is the action whose segment was just rolled back: the
+        state is the same safe state again, and that action was just observed to
+        break the spec from it, so it stays masked for this one decision (the
+        critic needs many samples to learn this; the rule needs one).
+        """
         bounds_mask = np.asarray(bounds_mask, dtype=bool)
+        if self.cfg.enabled and rejected_action is not None:
+            without = bounds_mask.copy()
+            without[rejected_action] = False
+            if without.any():
+                bounds_mask = without
         pred = self.predict(obs)
-        if not self.active:
-            return ShieldDecision(bounds_mask.copy(), pred, np.zeros_like(bounds_mask))
+        if not self.active or warmup:
+            return ShieldDecision(bounds_mask.copy(), pred, np.zeros_like(bounds_mask), False)
         allowed = bounds_mask & (pred <= -self.cfg.margin)
         if not allowed.any():
             candidates = np.flatnonzero(bounds_mask)
             allowed = np.zeros_like(bounds_mask)
             allowed[candidates[np.argmin(pred[candidates])]] = True
-        return ShieldDecision(allowed, pred, bounds_mask & ~allowed)
+        return ShieldDecision(allowed, pred, bounds_mask & ~allowed, True)
 
     def record(self) -> None:
         """Count one more observed cost (the transition itself sits in the replay buffer)."""

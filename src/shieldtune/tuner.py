@@ -137,7 +137,7 @@ def run_tuning(
             tracker.start_episode(episode)
             obs, info = env.reset(seed=cfg.tuner.seed * 100_003 + episode)
             with controller:
-                decision = shield.decide(obs, info["action_mask"])
+                decision = shield.decide(obs, info["action_mask"], warmup=not env.safe_reached)
             episode_return, done, stop, used_before = 0.0, False, None, 0
             while not done:
                 with controller:
@@ -149,7 +149,10 @@ def run_tuning(
                 used_before = info["samples_used"]
                 cost = float(info["cost"])
                 with controller:
-                    next_decision = shield.decide(next_obs, info["action_mask"])
+                    rolled_back = action if info["violation"] and not info["accepted"] else None
+                    next_decision = shield.decide(
+                        next_obs, info["action_mask"], rolled_back, warmup=not env.safe_reached
+                    )
                     agent.remember(obs, action, reward, cost, next_obs, done, next_decision.allowed)
                     shield.record()
                     q_loss = agent.update()
@@ -189,7 +192,7 @@ def run_tuning(
                         "episode": episode,
                         "step": env.t,
                         "global_step": global_step,
-                        "shield_active": shield.active,
+                        "shield_active": decision.critic_applied,
                         "allowed": np.flatnonzero(decision.allowed).tolist(),
                         "masked_by_critic": _masked_detail(env.space, decision),
                         "masked_by_bounds": np.flatnonzero(
