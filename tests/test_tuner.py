@@ -47,7 +47,7 @@ def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_
     # The best schedule lists only accepted segments, each with every hyperparameter.
     assert all({"learning_rate", "batch_size", "momentum"} <= set(e) for e in s.best["schedule"])
     ckpt = safe_load(s.best["checkpoint"], MODEL_KIND)
-    assert ckpt["schedule"] == s.best["schedule"]
+    assert ckpt["schedule"] == {"init_seed": s.best["init_seed"], "segments": s.best["schedule"]}
     assert 0.0 <= s.test_metrics["pgd_robust_acc"] <= s.test_metrics["test_acc"]
     assert s.test_metrics["fgsm_pgd_gap"] == pytest.approx(
         s.test_metrics["fgsm_robust_acc"] - s.test_metrics["pgd_robust_acc"]

@@ -59,10 +59,15 @@ def save_model_checkpoint(
     path: str | Path,
     model_state: dict[str, torch.Tensor],
     config: dict[str, Any],
-    schedule: list[dict[str, float]],
+    schedule: dict[str, Any],
     metrics: dict[str, float],
 ) -> Path:
-    """``config`` is the job's whole config, so evaluation can rebuild the model and splits."""
+    """Save a trained model with what produced it.
+
+    ``config`` is the job's whole config, so evaluation can rebuild the model and
+    splits; ``schedule`` is ``{"init_seed": int, "segments": [...]}``, enough to
+    retrain the same weights (see :func:`shieldtune.stages.replay_schedule`).
+    """
     return atomic_save(
         {
             "kind": MODEL_KIND,

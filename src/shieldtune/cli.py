@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "env-check", help="run gymnasium's env_checker on shieldtune/Hyperparam-v0"
     )
     _add_config_args(check)
+
+    from shieldtune.workflow.cli import add_pipeline_parser
+
+    add_pipeline_parser(sub)
     return parser
 
 
@@ -169,7 +173,18 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tune": _cmd_tune, "evaluate": _cmd_evaluate, "env-check": _cmd_env_check}
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from shieldtune.workflow.cli import cmd_pipeline
+
+    return cmd_pipeline(args)
+
+
+COMMANDS = {
+    "tune": _cmd_tune,
+    "evaluate": _cmd_evaluate,
+    "env-check": _cmd_env_check,
+    "pipeline": _cmd_pipeline,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,8 +157,15 @@ class TunerConfig:
     #: Stop once this many trained segments broke a constraint.
     max_violations: int | None = field(default=None, metadata=_range(0, 10_000_000))
     output_dir: str = "shieldtune-runs"
+    #: Evaluate the best checkpoint on the test split at the end (and register it). The
+    #: pipeline turns this off: its evaluate_safety stage owns the test report.
+    test_report: bool = True
     #: A policy file (``agent.pt``) to warm-start the controller from.
     warm_start: str | None = None
+    #: Step-executor backend; ``local`` trains in this process.
+    executor: str = field(default="local", metadata=_choices("local"))
+    #: Environments stepped at once (parallel backends arrive with the cluster work).
+    num_envs: int = field(default=1, metadata=_range(1, 1))
     progress: bool = True
 
 

@@ -52,6 +52,17 @@ class ScheduleEntry:
     step: int
     hyperparameters: dict[str, float]
     samples: int
+    #: The segment's training seed: with the episode's init seed, replaying the
+    #: accepted entries reproduces the model bit for bit on CPU.
+    seed: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "step": self.step,
+            "samples": self.samples,
+            "seed": self.seed,
+            **self.hyperparameters,
+        }
 
 
 def _segment_seed(episode_seed: int, step: int) -> int:
@@ -82,7 +93,7 @@ class HyperparamEnv(gym.Env):
         self.t = 0
         self.samples_used = 0
         self._last_reward = 0.0
-        self._cost = 0.0
+        self.cost = 0.0
         self.safe_reached = False
         self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
@@ -113,7 +124,7 @@ class HyperparamEnv(gym.Env):
         m = [self.metrics.get(k, 0.0) for k in OBS_METRICS]
         obs = np.concatenate(
             [
-                np.asarray([*m, self._cost], dtype=np.float32),
+                np.asarray([*m, self.cost], dtype=np.float32),
                 self.space.normalise(self.hyperparameters),
                 np.asarray(
                     [self.samples_used / self.episode_budget, self._last_reward], dtype=np.float32
@@ -143,11 +154,9 @@ class HyperparamEnv(gym.Env):
             StepRequest(None, self.full_hyperparameters(self.hyperparameters), 0, self.episode_seed)
         )
         self.state, self.metrics = result.state, result.metrics
-        self._cost = spec_cost(self.constraints, self.metrics)
-        self.safe_reached = self._cost <= 0
-        return self._observation(), self._info(
-            cost=self._cost, constraint_satisfied=self._cost <= 0
-        )
+        self.cost = spec_cost(self.constraints, self.metrics)
+        self.safe_reached = self.cost <= 0
+        return self._observation(), self._info(cost=self.cost, constraint_satisfied=self.cost <= 0)
 
     def step(self, action: int):
         if not self.action_space.contains(action):
@@ -156,12 +165,13 @@ class HyperparamEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         proposed = self.space.apply(self.hyperparameters, int(action))
         self.t += 1
+        seed = _segment_seed(self.episode_seed, self.t)
         result = self.executor.run(
             StepRequest(
                 self.state,
                 self.full_hyperparameters(proposed),
                 self.cfg.training.segment_samples,
-                _segment_seed(self.episode_seed, self.t),
+                seed,
             )
         )
         self.samples_used += result.samples
@@ -180,10 +190,10 @@ class HyperparamEnv(gym.Env):
         accepted = not result.diverged and not (violation and self.cfg.shield.rollback)
         if accepted:
             self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
-            self._cost = cost
+            self.cost = cost
             self.safe_reached = self.safe_reached or not unsafe
             self.schedule.append(
-                ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples)
+                ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples, seed)
             )
         reward = observed["val_acc"] - previous_acc if (accepted or result.diverged) else 0.0
         reward -= self.cfg.shield.cost_penalty * max(cost, 0.0)

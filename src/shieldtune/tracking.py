@@ -64,14 +64,27 @@ class Tracker:
         self._previous_uri: str | None = None
         self.client: MlflowClient | None = None
 
-    def start(self) -> None:
-        if not self.enabled:
-            return
+    def _connect(self) -> None:
         # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; finish() restores it so a
         # later job in the same process (from another folder) does not inherit this store.
         self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
+
+    def attach(self, run_id: str) -> None:
+        """Continue an existing parent run (a later pipeline stage logging into the job's run)."""
+        if not self.enabled:
+            return
+        self._connect()
+        run = mlflow.start_run(run_id=run_id)
+        self.parent_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._connect()
+        assert self.client is not None
         exp = self.client.get_experiment_by_name(self.cfg.tracking.experiment)
         if exp is None:
             location = (
@@ -184,3 +197,49 @@ def _torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def log_to_run(run_id: str, metrics: dict[str, float]) -> None:
+    """Log metrics into an existing run (used by pipeline stages after ``tune``)."""
+    MlflowClient(default_tracking_uri()).log_batch(
+        run_id, metrics=[_metric(k, v) for k, v in metrics.items()]
+    )
+
+
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    MlflowClient(default_tracking_uri()).set_tag(run_id, key, value)
+
+
+def _metric(key: str, value: float):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+def download_policy(model_uri: str) -> Path | None:
+    """The ``policy/agent.pt`` logged by the run behind a registered model, or None if absent.
+
+    ``model_uri`` is ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(default_tracking_uri())
+    rest = model_uri.removeprefix("models:/")
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = rest.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
+            return None
+        raise
+    run_id = version.tags.get("source_run_id") or version.run_id
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="policy/agent.pt", tracking_uri=default_tracking_uri()
+    )
+    return Path(local)

@@ -41,6 +41,7 @@ class BestFeasible:
     step: int
     global_step: int
     val_metrics: dict[str, float]
+    init_seed: int
     schedule: list[dict[str, Any]]
     model_state: dict[str, torch.Tensor] = field(repr=False)
 
@@ -219,7 +220,7 @@ def run_tuning(
                 tracker.log_step(step_metrics, step=env.t)
                 if (
                     info["accepted"]
-                    and env._cost <= 0
+                    and env.cost <= 0
                     and (best is None or env.metrics["val_acc"] > best.val_metrics["val_acc"])
                 ):
                     best = BestFeasible(
@@ -227,10 +228,8 @@ def run_tuning(
                         env.t,
                         global_step,
                         dict(env.metrics),
-                        [
-                            {"step": e.step, "samples": e.samples, **e.hyperparameters}
-                            for e in env.schedule
-                        ],
+                        env.episode_seed,
+                        [e.to_dict() for e in env.schedule],
                         {k: v.clone() for k, v in env.state.model.items()},
                     )
                 bar.update(1)
@@ -336,12 +335,14 @@ def _finish(
         model = build_model(cfg.model)
         model.load_state_dict(best.model_state)
         model.eval()
-        test_metrics = safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed)
+        if cfg.tuner.test_report:
+            test_metrics = safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed)
         best_dict = {
             "episode": best.episode,
             "step": best.step,
             "global_step": best.global_step,
             "val_metrics": best.val_metrics,
+            "init_seed": best.init_seed,
             "schedule": best.schedule,
             "checkpoint": str(out_dir / "best_model.pt"),
         }
@@ -349,19 +350,18 @@ def _finish(
             out_dir / "best_model.pt",
             best.model_state,
             cfg.to_dict(),
-            best.schedule,
-            test_metrics,
+            {"init_seed": best.init_seed, "segments": best.schedule},
+            test_metrics or best.val_metrics,
         )
-        tracker.log_parent(
-            {f"test_{k}" if not k.startswith("test_") else k: v for k, v in test_metrics.items()}
-        )
-        registered = tracker.log_model(
-            model,
-            ckpt,
-            splits.test.x[:2],
-            bool(test_metrics["constraints_satisfied"]),
-            test_metrics,
-        )
+        if test_metrics is not None:
+            tracker.log_parent(with_test_prefix(test_metrics))
+            registered = tracker.log_model(
+                model,
+                ckpt,
+                splits.test.x[:2],
+                bool(test_metrics["constraints_satisfied"]),
+                test_metrics,
+            )
     return {
         "feasible_found": best is not None,
         "constraints": list(cfg.safety.constraints),
@@ -372,3 +372,8 @@ def _finish(
         "mlflow_run_id": tracker.parent_id,
         "registered_model": registered,
     }
+
+
+def with_test_prefix(metrics: dict[str, float]) -> dict[str, float]:
+    """``test_``-prefixed metric names for MLflow (``test_acc`` stays as it is)."""
+    return {k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()}

@@ -1,0 +1,122 @@
+"""``shieldtune pipeline ...``: compile, run locally, upload, run remotely, schedule.
+
+Host, namespace, experiment and bearer token come from flags or the
+environment (``KFP_HOST``, ``KFP_NAMESPACE``, ``KFP_EXPERIMENT``,
+``KFP_BEARER_TOKEN``) and are never written into the compiled YAML.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shieldtune.config import Config, load_config
+
+PIPELINES = ("tuning_pipeline", "retune_pipeline")
+
+
+def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile, run, upload, schedule")
+    actions = p.add_subparsers(dest="action", required=True)
+
+    comp = actions.add_parser(
+        "compile", help="write pipelines/*.yaml and components/*/component.yaml"
+    )
+    comp.add_argument("--output-dir", default=".", help="root folder to write into (default: .)")
+    _add_image(comp)
+
+    for name, help_text in (
+        ("run", "run the pipeline: --local through kfp.local, or on a KFP host"),
+        ("upload", "upload the pipeline (a new version if the name exists)"),
+        ("schedule", "create a recurring run (max_concurrency=1, no catch-up)"),
+    ):
+        a = actions.add_parser(name, help=help_text)
+        a.add_argument(
+            "--pipeline",
+            choices=PIPELINES,
+            default="retune_pipeline" if name == "schedule" else "tuning_pipeline",
+        )
+        a.add_argument("--config", metavar="FILE", help="YAML config passed as config_json")
+        a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name == "run":
+            a.add_argument("--local", action="store_true", help="run here through kfp.local")
+            a.add_argument("--workdir", default="kfp-local", help="kfp.local output root")
+        a.add_argument("--host", help="KFP API endpoint (or KFP_HOST)")
+        a.add_argument("--namespace", help="Kubeflow namespace (or KFP_NAMESPACE)")
+        a.add_argument(
+            "--experiment", help="KFP experiment (or KFP_EXPERIMENT; default shieldtune)"
+        )
+        a.add_argument("--token", help="bearer token (or KFP_BEARER_TOKEN; prefer the variable)")
+        a.add_argument("--package", help="compiled pipeline YAML (default: compile one now)")
+        a.add_argument(
+            "--name", help="pipeline name on the server (default: shieldtune-<pipeline>)"
+        )
+        if name == "schedule":
+            a.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * 1"')
+        _add_image(a)
+
+
+def _add_image(p: argparse.ArgumentParser) -> None:
+    from shieldtune.workflow import DEFAULT_BASE_IMAGE
+
+    p.add_argument(
+        "--base-image",
+        default=DEFAULT_BASE_IMAGE,
+        help=f"component image (default: {DEFAULT_BASE_IMAGE})",
+    )
+
+
+def pipeline_params(cfg: Config, pipeline: str) -> dict[str, Any]:
+    """Pipeline parameters for a config: the whole config as JSON plus the explicit ones."""
+    params: dict[str, Any] = {
+        "config_json": json.dumps(cfg.to_dict()),
+        "episodes": cfg.tuner.episodes,
+        "steps_per_episode": cfg.env.steps_per_episode,
+    }
+    if pipeline == "retune_pipeline":
+        params["champion_model_uri"] = f"models:/{cfg.tracking.registered_model_name}@champion"
+    return params
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from shieldtune.workflow.pipelines import compile_all
+
+    if args.action == "compile":
+        for path in compile_all(Path(args.output_dir), args.base_image):
+            print(path)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    params = pipeline_params(cfg, args.pipeline)
+    if args.action == "run" and args.local:
+        from shieldtune.tracking import default_tracking_uri, ui_hint
+        from shieldtune.workflow.local_run import run_local
+
+        run_local(args.pipeline, params, Path(args.workdir))
+        print(f"pipeline {args.pipeline} finished; artifacts under {args.workdir}/local_outputs")
+        print(f"MLflow: {default_tracking_uri()}; browse: {ui_hint(default_tracking_uri())}")
+        return 0
+    from shieldtune.workflow import remote
+
+    target = remote.KfpTarget.from_env(args.host, args.namespace, args.token, args.experiment)
+    name = args.name or f"shieldtune-{args.pipeline.replace('_', '-')}"
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(args.package) if args.package else _compile_one(args, Path(tmp))
+        if args.action == "upload":
+            result = remote.upload(target, package, name)
+            print(
+                f"pipeline {name}: id {result.pipeline_id}, version {result.version_id}"
+                f"{' (new pipeline)' if result.created_pipeline else ' (new version)'}"
+            )
+        elif args.action == "run":
+            print(f"run {remote.run(target, package, name, params)} started in {target.host}")
+        else:
+            rid = remote.schedule(target, package, name, args.cron, params)
+            print(f"recurring run {rid} scheduled ({args.cron}, max_concurrency=1, no catch-up)")
+    return 0
+
+
+def _compile_one(args: argparse.Namespace, out: Path) -> Path:
+    from shieldtune.workflow.pipelines import compile_all
+
+    return next(p for p in compile_all(out, args.base_image) if p.stem == args.pipeline)

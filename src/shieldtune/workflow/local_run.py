@@ -1,0 +1,34 @@
+"""Run a whole pipeline on this machine through ``kfp.local`` (no cluster, no Docker).
+
+``SubprocessRunner(use_venv=False)`` runs each component as a subprocess of
+this Python environment, with real KFP artifacts and ``dsl.If`` branches. The
+MLflow store is the embedded default (``./mlflow.db``) unless
+``MLFLOW_TRACKING_URI`` is set; it is pinned to an absolute URI first so every
+component subprocess logs into the same store.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from shieldtune.tracking import default_tracking_uri
+from shieldtune.workflow.pipelines import build_pipelines
+
+
+def run_local(pipeline: str, params: dict[str, Any], workdir: Path) -> Any:
+    """Execute ``pipeline`` (``tuning_pipeline`` or ``retune_pipeline``) with ``params``."""
+    pipelines = build_pipelines()
+    if pipeline not in pipelines:
+        from shieldtune.errors import ConfigError
+
+        raise ConfigError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(pipelines)}")
+    os.environ["MLFLOW_TRACKING_URI"] = default_tracking_uri()
+    workdir.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(workdir / "local_outputs"),
+        raise_on_error=True,
+    )
+    return pipelines[pipeline](**params)

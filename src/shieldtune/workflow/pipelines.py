@@ -1,0 +1,195 @@
+"""The Kubeflow pipelines: ``tuning_pipeline`` (cold start) and ``retune_pipeline``.
+
+Components are built here from :mod:`component_funcs` with one configurable
+``base_image``; the image has shieldtune (and kfp) installed, so nothing is
+pip-installed at run time. Caching is on only for data prep (reruns must
+really retrain and re-attack); every task has retries and resource requests;
+MLflow credentials come from a Kubernetes Secret, never from parameters.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from shieldtune.workflow import DEFAULT_BASE_IMAGE, component_funcs
+
+MLFLOW_SECRET = "shieldtune-mlflow"
+#: Secret keys injected as environment variables of every task that talks to MLflow.
+MLFLOW_SECRET_ENV = {
+    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+}
+COMPONENT_NAMES = ("prepare_data", "tune", "train_final", "evaluate_safety", "register_model")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+
+
+RESOURCES = {
+    "prepare_data": Resources("1", "2Gi"),
+    "tune": Resources("2", "6Gi"),
+    "train_final": Resources("2", "4Gi"),
+    "evaluate_safety": Resources("2", "4Gi"),
+    "register_model": Resources("1", "2Gi"),
+}
+
+
+def build_components(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
+    """One KFP component per stage, all on ``base_image``."""
+    return {
+        name: dsl.component(
+            getattr(component_funcs, name), base_image=base_image, install_kfp_package=False
+        )
+        for name in COMPONENT_NAMES
+    }
+
+
+def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl.PipelineTask:
+    res = RESOURCES[name]
+    task.set_caching_options(cache)
+    task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+    task.set_cpu_request(res.cpu).set_memory_request(res.memory)
+    task.set_cpu_limit(res.cpu).set_memory_limit(res.memory)
+    if name != "prepare_data":
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
+    return task
+
+
+def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
+    c = build_components(base_image)
+
+    def graph(
+        config_json: str,
+        episodes: int,
+        steps_per_episode: int,
+        search_space_json: str,
+        constraints_json: str,
+        num_envs: int,
+        executor: str,
+        warm_start_model_uri: str,
+    ) -> None:
+        data = _configure(c["prepare_data"](config_json=config_json), "prepare_data", cache=True)
+        tuned = _configure(
+            c["tune"](
+                dataset=data.outputs["dataset"],
+                config_json=config_json,
+                episodes=episodes,
+                steps_per_episode=steps_per_episode,
+                search_space_json=search_space_json,
+                constraints_json=constraints_json,
+                num_envs=num_envs,
+                executor=executor,
+                warm_start_model_uri=warm_start_model_uri,
+            ),
+            "tune",
+        )
+        run_id = tuned.outputs["mlflow_run_id"]
+        with dsl.If(tuned.outputs["Output"] == True, name="feasible-schedule-found"):  # noqa: E712
+            final = _configure(
+                c["train_final"](
+                    dataset=data.outputs["dataset"],
+                    schedule=tuned.outputs["schedule"],
+                    config_json=config_json,
+                    mlflow_run_id=run_id,
+                ),
+                "train_final",
+            )
+            checked = _configure(
+                c["evaluate_safety"](
+                    dataset=data.outputs["dataset"],
+                    model=final.outputs["model"],
+                    config_json=config_json,
+                    mlflow_run_id=run_id,
+                ),
+                "evaluate_safety",
+            )
+            register_args = {
+                "dataset": data.outputs["dataset"],
+                "model": final.outputs["model"],
+                "report": checked.outputs["metrics"],
+                "config_json": config_json,
+                "mlflow_run_id": run_id,
+            }
+            with dsl.If(checked.outputs["Output"] == True, name="safety-gate-passed"):  # noqa: E712
+                _configure(
+                    c["register_model"](**register_args, set_champion=True), "register_model"
+                )
+            with dsl.Else(name="safety-gate-failed"):
+                _configure(
+                    c["register_model"](**register_args, set_champion=False), "register_model"
+                )
+
+    @dsl.pipeline(
+        name="shieldtune-tuning",
+        description="Safety-shielded DQN hyperparameter tuning, cold start: data -> tune -> "
+        "train final -> safety evaluation -> registry (champion alias only past the safety gate).",
+    )
+    def tuning_pipeline(
+        config_json: str = "{}",
+        episodes: int = 6,
+        steps_per_episode: int = 8,
+        search_space_json: str = "",
+        constraints_json: str = "",
+        num_envs: int = 1,
+        executor: str = "local",
+    ) -> None:
+        graph(
+            config_json,
+            episodes,
+            steps_per_episode,
+            search_space_json,
+            constraints_json,
+            num_envs,
+            executor,
+            warm_start_model_uri="",
+        )
+
+    @dsl.pipeline(
+        name="shieldtune-retune",
+        description="Scheduled retuning: like shieldtune-tuning, but the controller warm-starts "
+        "from the policy of the run behind the current champion model.",
+    )
+    def retune_pipeline(
+        config_json: str = "{}",
+        episodes: int = 6,
+        steps_per_episode: int = 8,
+        search_space_json: str = "",
+        constraints_json: str = "",
+        num_envs: int = 1,
+        executor: str = "local",
+        champion_model_uri: str = "models:/shieldtune-mnist-cnn@champion",
+    ) -> None:
+        graph(
+            config_json,
+            episodes,
+            steps_per_episode,
+            search_space_json,
+            constraints_json,
+            num_envs,
+            executor,
+            warm_start_model_uri=champion_model_uri,
+        )
+
+    return {"tuning_pipeline": tuning_pipeline, "retune_pipeline": retune_pipeline}
+
+
+def compile_all(out_root: Path, base_image: str = DEFAULT_BASE_IMAGE) -> list[Path]:
+    """Write ``pipelines/<name>.yaml`` and ``components/<name>/component.yaml`` in ``out_root``."""
+    written = []
+    for name, pipeline in build_pipelines(base_image).items():
+        path = out_root / "pipelines" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(pipeline, str(path))
+        written.append(path)
+    for name, component in build_components(base_image).items():
+        path = out_root / "components" / name / "component.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(component, str(path))
+        written.append(path)
+    return written

@@ -1,0 +1,135 @@
+"""Compiled KFP YAML: in sync with the code, loadable by kfp, configured as promised, no secrets."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from shieldtune.workflow.pipelines import COMPONENT_NAMES, compile_all
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKED_IN = [REPO / "pipelines" / f"{n}.yaml" for n in ("tuning_pipeline", "retune_pipeline")] + [
+    REPO / "components" / n / "component.yaml" for n in COMPONENT_NAMES
+]
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compiled")
+    compile_all(out)
+    return out
+
+
+@pytest.mark.parametrize("path", CHECKED_IN, ids=lambda p: str(p.relative_to(REPO)))
+def test_checked_in_yaml_is_identical_to_a_fresh_compile(path, fresh):
+    regenerated = fresh / path.relative_to(REPO)
+    assert path.read_text() == regenerated.read_text(), (
+        f"{path.relative_to(REPO)} is stale: run `shieldtune pipeline compile` and commit"
+    )
+
+
+@pytest.mark.parametrize("name", COMPONENT_NAMES)
+def test_components_load_with_kfps_own_loader(name):
+    component = components.load_component_from_file(
+        str(REPO / "components" / name / "component.yaml")
+    )
+    assert component.name == name.replace("_", "-")
+
+
+def _documents(name: str) -> list[dict]:
+    """A compiled pipeline: the pipeline spec, then the Kubernetes platform spec."""
+    return list(yaml.safe_load_all((REPO / "pipelines" / f"{name}.yaml").read_text()))
+
+
+def _pipeline(name: str) -> dict:
+    return _documents(name)[0]
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task in the DAG, including those nested in dsl.If/Else sub-DAGs."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        found.update(comp.get("dag", {}).get("tasks", {}))
+    return found
+
+
+@pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
+def test_caching_only_for_data_prep_and_every_task_retries(name):
+    tasks = _tasks(_pipeline(name))
+    assert {
+        t["componentRef"]["name"].removeprefix("comp-").rstrip("-2") for t in tasks.values()
+    } >= {"prepare-data", "tune", "train-final", "evaluate-safety", "register-model"}
+    for task_name, task in tasks.items():
+        if task_name.startswith("condition"):
+            continue
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (task_name == "prepare-data"), task_name
+        assert task["retryPolicy"]["maxRetryCount"] == 2, task_name
+
+
+@pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
+def test_resources_and_mlflow_secret_are_set_per_task(name):
+    spec = _pipeline(name)
+    docs = _documents(name)
+    executors = spec["deploymentSpec"]["executors"]
+    for exec_name, ex in executors.items():
+        res = ex["container"]["resources"]
+        assert res["cpuRequest"] and res["memoryRequest"] and res["cpuLimit"], exec_name
+        assert ex["container"]["image"] == "shieldtune:0.1.0-cpu"
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for exec_name in executors:
+        if exec_name == "exec-prepare-data":
+            continue
+        secret = platform[exec_name]["secretAsEnv"][0]
+        assert secret["secretName"] == "shieldtune-mlflow"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        }
+
+
+def test_retune_pipeline_warm_starts_from_the_champion():
+    params = _pipeline("retune_pipeline")["root"]["inputDefinitions"]["parameters"]
+    assert params["champion_model_uri"]["defaultValue"] == "models:/shieldtune-mnist-cnn@champion"
+    assert (
+        "champion_model_uri"
+        not in _pipeline("tuning_pipeline")["root"]["inputDefinitions"]["parameters"]
+    )
+
+
+def test_safety_gate_sets_champion_only_in_the_passing_branch():
+    spec = _pipeline("tuning_pipeline")
+    gates = {}
+    for comp_name, comp in spec["components"].items():
+        for task in comp.get("dag", {}).get("tasks", {}).values():
+            if task["componentRef"]["name"].startswith("comp-register-model"):
+                flag = task["inputs"]["parameters"]["set_champion"]["runtimeValue"]["constant"]
+                gates[comp_name] = flag
+    assert sorted(gates.values()) == [False, True]
+    conditions = [
+        t["triggerPolicy"]["condition"]
+        for comp in spec["components"].values()
+        for t in comp.get("dag", {}).get("tasks", {}).values()
+        if "triggerPolicy" in t
+    ]
+    assert any("evaluate-safety" in c and "== true" in c for c in conditions)
+
+
+SECRET_PATTERNS = [
+    re.compile(
+        r"(?i)(password|passwd|secret_key|api[_-]?key|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{8,}"
+    ),
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9\-._~+/]{10,}"),
+    re.compile(r"https?://[^/\s:@]+:[^/\s@]+@"),
+]
+
+
+@pytest.mark.parametrize("path", CHECKED_IN, ids=lambda p: str(p.relative_to(REPO)))
+def test_compiled_yaml_holds_no_credentials(path):
+    text = path.read_text()
+    for pattern in SECRET_PATTERNS:
+        assert not pattern.search(text), (path, pattern.pattern)
