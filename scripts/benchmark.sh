@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install (first run only) and run the peer comparison; pass --quick for the < 15 min mode.
+# Example: bash scripts/benchmark.sh --quick --out results/quick
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+exec .venv/bin/python benchmarks/compare.py "$@"
