@@ -20,6 +20,7 @@ Medians over seeds with [min, max].
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from shieldtune.config import Config, load_config
 from shieldtune.data import MnistSplits, load_mnist
@@ -171,7 +173,7 @@ def grid(cfg: Config) -> tuple[list[float], list[int]]:
 # --------------------------------------------------------------------------- methods
 
 
-def shieldtune_method(overrides: list[str], warm: bool = False) -> Callable:
+def shieldtune_method(overrides: list[str], warm: bool = False, one_run: bool = False) -> Callable:
     def run(cfg: Config, splits: MnistSplits, seed: int, tmp: Path) -> Result:
         base = [
             f"tuner.seed={seed}",
@@ -188,6 +190,14 @@ def shieldtune_method(overrides: list[str], warm: bool = False) -> Callable:
             ]
         else:
             overrides_ = overrides
+        if one_run:  # a single training run spanning the whole budget, like the hand schedules
+            per_run = cfg.tuner.episodes * cfg.env.steps_per_episode
+            overrides_ = [
+                *overrides_,
+                "tuner.episodes=1",
+                f"env.steps_per_episode={per_run}",
+                f"agent.epsilon_decay_steps={per_run}",
+            ]
         start = time.perf_counter()
         s = run_tuning(_with(cfg, [*base, *overrides_]), splits)
         wall = time.perf_counter() - start
@@ -234,8 +244,8 @@ def _baseline(
         ledger = Ledger(cfg, _budget(cfg))
         start = time.perf_counter()
         body(ledger, executor, np.random.default_rng(seed), seed)
-        wall = time.perf_counter() - start
         t = _test_report(cfg, splits, ledger.best_state) or {}
+        wall = time.perf_counter() - start  # includes the test report, as shieldtune's does
         return Result(
             "",
             seed,
@@ -374,6 +384,7 @@ def methods() -> dict[str, Callable]:
     return {
         "shieldtune (shield, cold start)": shieldtune_method([]),
         "shieldtune (shield, warm start)": shieldtune_method([], warm=True),
+        "shieldtune (shield, one run = whole budget)": shieldtune_method([], one_run=True),
         "shieldtune without shield": shieldtune_method(
             ["shield.enabled=false", "shield.rollback=false"]
         ),
@@ -419,6 +430,21 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def machine_header(command: str) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"date {time.strftime('%Y-%m-%d')}; {cpu}; {os.cpu_count()} cores; torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads\ncommand: {command}\n"
+    )
+
+
 def plot(results: list[Result], path: Path) -> None:
     import matplotlib
 
@@ -452,15 +478,18 @@ def _at(curve: list[tuple[int, float]], x: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 4 episodes of budget")
-    ap.add_argument("--seeds", type=int, help="number of seeds (default: 2 quick, 5 full)")
-    ap.add_argument("--episodes", type=int, help="budget in episodes of 8 segments (default 4/8)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 3 episodes of budget")
+    ap.add_argument("--seeds", type=int, help="number of seeds (default: 2 quick, 3 full)")
+    ap.add_argument("--episodes", type=int, help="budget in episodes of 8 segments (default 3/6)")
     ap.add_argument("--only", action="append", help="run only methods containing this text")
     ap.add_argument("--out", type=Path, help="folder for results.json and budget.png")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
-    seeds = args.seeds or (2 if args.quick else 5)
-    episodes = args.episodes or (4 if args.quick else 8)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = args.seeds or (2 if args.quick else 3)
+    episodes = args.episodes or (3 if args.quick else 6)
     cfg = load_config(None, [f"tuner.episodes={episodes}", *args.overrides])
     splits = load_mnist(cfg.data)
     chosen = {
@@ -488,6 +517,7 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+    print(machine_header(" ".join(sys.argv)))
     print(table(results))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -35,6 +36,16 @@ def tiny_dict(**sections: dict) -> dict:
     for section, values in sections.items():
         out.setdefault(section, {}).update(values)
     return out
+
+
+def tiny_cli_args(*extra: str) -> list[str]:
+    """The tiny config as ``--set key=value`` CLI arguments (``extra`` assignments last)."""
+    pairs = [
+        f"{section}.{key}={json.dumps(value)}"
+        for section, values in TINY.items()
+        for key, value in values.items()
+    ]
+    return [arg for kv in (*pairs, *extra) for arg in ("--set", kv)]
 
 
 @pytest.fixture

@@ -11,27 +11,16 @@ import pytest
 
 from shieldtune.cli import main
 
-TINY_SETS = [
-    "data.train_size=600",
-    "data.val_size=300",
-    "data.test_size=300",
-    "model.conv1_channels=4",
-    "model.conv2_channels=8",
-    "model.hidden=32",
-    "training.segment_samples=600",
-    "safety.eval_samples=100",
-    "safety.mia_samples=100",
-    "safety.pgd_steps=3",
-    "safety.pgd_restarts=1",
-    "env.steps_per_episode=2",
-    "tuner.episodes=1",
-    "tuner.progress=false",
-    "safety.constraints=[fgsm_robust_acc >= 0.1]",
-]
+from .conftest import tiny_cli_args
 
 
 def sets(*extra: str) -> list[str]:
-    return [arg for kv in (*TINY_SETS, *extra) for arg in ("--set", kv)]
+    return tiny_cli_args(
+        "env.steps_per_episode=2",
+        "tuner.episodes=1",
+        "safety.constraints=[fgsm_robust_acc >= 0.1]",
+        *extra,
+    )
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -12,28 +12,15 @@ from mlflow.tracking import MlflowClient
 
 from shieldtune.cli import main
 
-TINY = [
-    "data.train_size=600",
-    "data.val_size=300",
-    "data.test_size=300",
-    "model.conv1_channels=4",
-    "model.conv2_channels=8",
-    "model.hidden=32",
-    "training.segment_samples=600",
-    "safety.eval_samples=100",
-    "safety.mia_samples=100",
-    "safety.pgd_steps=3",
-    "safety.pgd_restarts=1",
-    "env.steps_per_episode=3",
-    "tuner.episodes=2",
-    "tuner.progress=false",
-    "safety.constraints=[fgsm_robust_acc >= 0.1]",
-    "tracking.registered_model_name=pipeline-test-model",
-]
+from .conftest import tiny_cli_args
 
 
 def sets(*extra: str) -> list[str]:
-    return [a for kv in (*TINY, *extra) for a in ("--set", kv)]
+    return tiny_cli_args(
+        "safety.constraints=[fgsm_robust_acc >= 0.1]",
+        "tracking.registered_model_name=pipeline-test-model",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -136,10 +136,6 @@ class Tracker:
         if self.enabled:
             mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.parent_id)
 
-    def log_json(self, obj: Any, name: str) -> None:
-        if self.enabled:
-            mlflow.log_dict(obj, name, run_id=self.parent_id)
-
     def log_model(
         self,
         model: Any,
