@@ -452,11 +452,12 @@ def plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for name in dict.fromkeys(r.method for r in results):
+    for i, name in enumerate(dict.fromkeys(r.method for r in results)):
         rs = [r for r in results if r.method == name]
         xs = sorted({s for r in rs for s, _ in r.curve})
         med = [statistics.median(_at(r.curve, x) for r in rs) for x in xs]
-        ax.plot(xs, med, label=name, linewidth=1.4)
+        style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+        ax.plot(xs, med, label=name, linewidth=1.4, linestyle=style)
     ax.set_xlabel("training samples spent")
     ax.set_ylabel("best feasible validation accuracy (median over seeds)")
     ax.set_ylim(0.9, 1.0)
@@ -485,7 +486,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="folder for results.json and budget.png")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument(
+        "--replot",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="re-render the table and PNG from a saved results.json, run nothing",
+    )
     args = ap.parse_args()
+    if args.replot:
+        saved = [
+            Result(**{**r, "curve": [tuple(p) for p in r["curve"]]})
+            for r in json.loads(args.replot.read_text())
+        ]
+        print(table(saved))
+        plot(saved, args.replot.with_name("budget.png"))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = args.seeds or (2 if args.quick else 3)
