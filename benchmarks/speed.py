@@ -67,6 +67,10 @@ from shieldtune.training import fixed_hyperparameters, make_optimizer, train_seg
 from shieldtune.tuner import run_tuning
 
 SETUP_METHODS = ("start", "log_model", "finish")
+S_TRAIN, S_STEP = "1. train_segment vs bare loop", "1b/c. environment step"
+S_MATMUL, S_ATTACKS = "2. matmul peak", "5. attacks"
+#: A part counts as contended when other processes used more than this many cores on average.
+CONTENDED_CORES = 0.25
 PER_STEP_METHODS = ("log_step", "start_episode", "end_episode")
 _T0 = time.perf_counter()
 
@@ -223,6 +227,8 @@ class Row:
     ratio_kind: str = "x"  # "x" (plain ratio) or "%" (share)
     target: tuple[str, float] | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    sections: tuple[str, ...] = ()  # the CpuMeter sections it was measured in
+    contended: bool = False
 
     @property
     def passed(self) -> bool | None:
@@ -244,6 +250,8 @@ class Row:
     def cells(self) -> list[str]:
         target = "—" if self.target is None else f"{self.target[0]} {self._ratio(self.target[1])}"
         result = {None: "info", True: "PASS", False: "**FAIL**"}[self.passed]
+        if self.contended:
+            result += " (contended)"
         return [
             self.what,
             self._num(self.value),
@@ -752,6 +760,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
             "bare loop",
             target=(">=", 0.95),
             samples=tr,
+            sections=(S_TRAIN,),
         )
     )
     rows.append(
@@ -763,6 +772,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
             "samples/s",
             "its training part",
             samples=st,
+            sections=(S_STEP,),
         )
     )
     rows.append(
@@ -775,6 +785,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
             "step wall",
             ratio_kind="%",
             samples=st,
+            sections=(S_STEP,),
         )
     )
     train_flops = 3 * flops
@@ -789,6 +800,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
             "GFLOP/s",
             f"matmul {res['sizes']['matmul_n']}^2",
             samples={"achieved": achieved, "matmul": mm},
+            sections=(S_TRAIN, S_MATMUL),
         )
     )
     jobs = tu["jobs"]
@@ -815,6 +827,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
                     ratio_kind="%",
                     target=("<=", 0.02),
                     samples={key: vals, "wall": wall},
+                    sections=(f"tuning job ({backend})",),
                 )
             )
         rows.append(
@@ -827,6 +840,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
                 "tracking off",
                 target=("<=", 1.02),
                 samples={"on": wall, "off": off_wall},
+                sections=("tuning job (off)", f"tuning job ({backend})"),
             )
         )
     ctrl = [j["controller"] for j in jobs["off"]]
@@ -842,6 +856,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
             ratio_kind="%",
             target=("<=", 0.01),
             samples={"controller": ctrl, "wall": swall},
+            sections=("tuning job (off)",),
         )
     )
     for key, what in (("fgsm", "5. FGSM robust-accuracy evaluation"), ("pgd", "5. PGD-10 x 2")):
@@ -854,6 +869,7 @@ def build_rows(res: dict[str, Any], flops: int) -> list[Row]:
                 "samples/s",
                 "`accuracy`",
                 samples={key: at[key], "clean": at["clean"]},
+                sections=(S_ATTACKS,),
             )
         )
     return rows
@@ -976,10 +992,11 @@ def report(res: dict[str, Any], rows: list[Row], meter: CpuMeter, runtime: float
         ),
     ]
     busiest = max((s["others_cores"] for s in meter.sections), default=0.0)
-    if busiest > 0.25:
+    if busiest > CONTENDED_CORES:
         out += [
             "",
-            f"**Contended:** other processes used up to {busiest:.2f} cores during a timed part; "
+            f"**Contended:** other processes used up to {busiest:.2f} cores during a timed part "
+            "(rows marked 'contended'); "
             "with torch using every core, absolute numbers (and paired ratios, less so) are "
             "unreliable. Re-run on an idle machine before acting on a failure.",
         ]
@@ -1042,14 +1059,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         cfg = Config()
         splits = load_mnist(DataConfig())
-        with meter.section("1. train_segment vs bare loop"):
+        with meter.section(S_TRAIN):
             res["training"] = bench_training(cfg, splits, sizes)
-        with meter.section("1b/c. environment step"):
+        with meter.section(S_STEP):
             res["env_step"] = bench_env_step(cfg, splits, sizes)
-        with meter.section("2. matmul peak"):
+        with meter.section(S_MATMUL):
             log(f"row 2: float32 matmul peak ({sizes.matmul_n}x{sizes.matmul_n})")
             res["matmul"] = bench_matmul_peak(sizes.matmul_n)
-        with meter.section("5. attacks"):
+        with meter.section(S_ATTACKS):
             res["attacks"] = bench_attacks(cfg, splits, sizes)
         res["tuning"] = bench_tuning(
             sizes, tmp, meter, use_server=not args.no_server
@@ -1058,6 +1075,9 @@ def main(argv: list[str] | None = None) -> int:
             log("profiling train_segment and the bare loop")
             print(profile_training(cfg, splits, sizes.segment_budget), file=sys.stderr)
         rows = build_rows(res, count_flops_per_sample(ModelConfig()))
+        others = {s["section"]: s["others_cores"] for s in _merge_sections(meter.sections)}
+        for row in rows:
+            row.contended = any(others.get(sec, 0.0) > CONTENDED_CORES for sec in row.sections)
         runtime = time.perf_counter() - start
         print(report(res, rows, meter, runtime))
         if args.json:
