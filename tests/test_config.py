@@ -24,6 +24,15 @@ def test_example_config_file_loads_and_matches_defaults_where_documented():
     assert cfg.safety.constraints
 
 
+def test_example_config_documents_every_key_with_its_default():
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "mnist.yaml").read_text())
+    documented = {f"{section}.{key}" for section, values in raw.items() for key in values}
+    assert documented == set(flatten(config_from_dict({})))
+    assert flatten(config_from_dict(raw)) == flatten(config_from_dict({}))
+
+
 def test_overrides_set_nested_keys_with_yaml_typed_values():
     cfg = load_config(
         None,

@@ -102,7 +102,7 @@ class EnvConfig:
     search_space: list[HyperparameterSpec] = field(
         default_factory=lambda: [
             HyperparameterSpec("learning_rate", 0.05, 0.003, 0.8, "log", 2.0, False),
-            HyperparameterSpec("batch_size", 64, 16, 512, "log", 2.0, True),
+            HyperparameterSpec("batch_size", 64.0, 16.0, 512.0, "log", 2.0, True),
         ]
     )
 
