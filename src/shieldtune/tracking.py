@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from shieldtune.config import Config, flatten
 
 CHAMPION_ALIAS = "champion"
+_BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
 
 
 def default_tracking_uri() -> str:
@@ -62,12 +63,17 @@ class Tracker:
         self.episode_id: str | None = None
         self.experiment_id: str | None = None
         self._previous_uri: str | None = None
+        self._previous_buffering: str | None = None
         self.client: MlflowClient | None = None
 
     def _connect(self) -> None:
         # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; finish() restores it so a
         # later job in the same process (from another folder) does not inherit this store.
         self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        # Without a buffering interval MLflow's async worker polls its queue with a 1 s timeout,
+        # so every end_run/flush waits up to 1 s for it to notice; with one it stops at once.
+        self._previous_buffering = os.environ.get(_BUFFERING_ENV)
+        os.environ.setdefault(_BUFFERING_ENV, "1")
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
 
@@ -118,7 +124,7 @@ class Tracker:
     def end_episode(self, metrics: dict[str, float], episode: int) -> None:
         if not self.enabled:
             return
-        mlflow.log_metrics(metrics, run_id=self.episode_id, synchronous=False)
+        self._queue(self.episode_id, metrics, None)
         mlflow.end_run()
         self.log_parent(metrics, step=episode)
         self.episode_id = None
@@ -126,11 +132,17 @@ class Tracker:
     def log_step(self, metrics: dict[str, float], step: int) -> None:
         """One asynchronous batch per environment step in the episode's run."""
         if self.enabled:
-            mlflow.log_metrics(metrics, step=step, run_id=self.episode_id, synchronous=False)
+            self._queue(self.episode_id, metrics, step)
 
     def log_parent(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled:
-            mlflow.log_metrics(metrics, step=step, run_id=self.parent_id, synchronous=False)
+            self._queue(self.parent_id, metrics, step)
+
+    def _queue(self, run_id: str | None, metrics: dict[str, float], step: int | None) -> None:
+        """Enqueue one batch via the client (the fluent API looks the run up on every call)."""
+        assert self.client is not None and run_id is not None
+        batch = [_metric(k, v, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch, synchronous=False)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -187,6 +199,10 @@ class Tracker:
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = self._previous_uri
             mlflow.set_tracking_uri(self._previous_uri)
+            if self._previous_buffering is None:
+                os.environ.pop(_BUFFERING_ENV, None)
+            else:
+                os.environ[_BUFFERING_ENV] = self._previous_buffering
 
 
 def _torch_no_grad():
@@ -206,12 +222,12 @@ def set_run_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient(default_tracking_uri()).set_tag(run_id, key, value)
 
 
-def _metric(key: str, value: float):
+def _metric(key: str, value: float, step: int = 0):
     import time
 
     from mlflow.entities import Metric
 
-    return Metric(key, float(value), int(time.time() * 1000), 0)
+    return Metric(key, float(value), int(time.time() * 1000), step)
 
 
 def download_policy(model_uri: str) -> Path | None:
