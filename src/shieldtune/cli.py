@@ -126,14 +126,14 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from shieldtune.checkpoint import MODEL_KIND, safe_load
     from shieldtune.config import apply_override, config_from_dict, load_config
     from shieldtune.data import load_mnist
     from shieldtune.evaluation import safety_report
-    from shieldtune.model import build_model
+    from shieldtune.stages import load_model
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
-    ckpt = safe_load(path, MODEL_KIND)
+    # The architecture always comes from the checkpoint: those are the weights it holds.
+    model, ckpt = load_model(path)
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:  # default to the tuning job's own config: same model, same splits
@@ -141,15 +141,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for assignment in args.overrides:
             apply_override(raw, assignment)
         cfg = config_from_dict(raw)
-    # The architecture always comes from the checkpoint: those are the weights it holds.
-    model = build_model(config_from_dict({"model": ckpt["config"].get("model", {})}).model)
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"'{path}' does not fit the model it describes: {str(exc).splitlines()[0]}"
-        ) from None
-    model.eval()
     report = safety_report(model, load_mnist(cfg.data), cfg.safety, seed=cfg.tuner.seed)
     text = json.dumps(report, indent=2)
     print(text)
