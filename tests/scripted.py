@@ -27,6 +27,9 @@ class ScriptedExecutor:
             0.0,
         )
 
+    def run_many(self, requests: list[StepRequest]) -> list[StepResult]:
+        return [self.run(r) for r in requests]
+
     def close(self) -> None:
         pass
 

@@ -1,4 +1,4 @@
-"""``shieldtune`` command line: tune, evaluate, env-check.
+"""``shieldtune`` command line: tune, evaluate, step, env-check, pipeline.
 
 Every user error is printed as one line (``shieldtune: error: ...``) with exit
 status 2; tracebacks are reserved for bugs.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from shieldtune.errors import CheckpointError, ShieldtuneError
@@ -50,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(ev)
     ev.add_argument("--output", metavar="FILE", help="also write the report as JSON here")
+
+    step = sub.add_parser(
+        "step",
+        help="train and evaluate one environment step from a step store (what step pods run)",
+    )
+    step.add_argument(
+        "--store",
+        required=True,
+        metavar="URI",
+        help="where the request is and the result goes: dir:/PATH or mlflow:RUN_ID",
+    )
+    step.add_argument("--step-id", required=True, metavar="ID", help="the step's folder name")
+    step.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)"
+    )
 
     check = sub.add_parser(
         "env-check", help="run gymnasium's env_checker on shieldtune/Hyperparam-v0"
@@ -149,6 +166,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if report["constraints_satisfied"] else 1
 
 
+def _cmd_step(args: argparse.Namespace) -> int:
+    import re
+
+    from shieldtune.errors import ConfigError
+    from shieldtune.step_io import open_store, run_stored_step
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", args.step_id):
+        raise ConfigError(
+            f"--step-id {args.step_id!r} must be 1-128 letters, digits, '.', '_' or '-'"
+        )
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ConfigError(f"--threads {args.threads} is out of range; allowed: [1, 1024]")
+    result = run_stored_step(open_store(args.store), args.step_id, args.threads)
+    state = "diverged" if result.diverged else f"val_acc {result.metrics.get('val_acc', 0.0):.4f}"
+    print(f"step {args.step_id}: {result.samples} samples, {state}")
+    return 0
+
+
 def _cmd_env_check(args: argparse.Namespace) -> int:
     from gymnasium.utils.env_checker import check_env
 
@@ -173,13 +208,22 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 COMMANDS = {
     "tune": _cmd_tune,
     "evaluate": _cmd_evaluate,
+    "step": _cmd_step,
     "env-check": _cmd_env_check,
     "pipeline": _cmd_pipeline,
 }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (what Kubernetes sends a pod before killing it) unwinds like Ctrl-C, so
+    ``finally`` blocks run: step Jobs are deleted and MLflow runs closed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
         return COMMANDS[args.command](args)
     except ShieldtuneError as exc:
@@ -188,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shieldtune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from typing import Any
 import yaml
 
 from shieldtune.errors import ConfigError
+
+#: Longest string value accepted anywhere in a config (paths, names, constraints).
+MAX_STRING = 4096
 
 #: Hyperparameters the training segment understands; any of them may be tuned.
 TUNABLE_HYPERPARAMETERS = ("learning_rate", "batch_size", "weight_decay", "momentum", "adv_mix")
@@ -30,6 +34,15 @@ def _range(low: float | None = None, high: float | None = None) -> dict[str, Any
 
 def _choices(*options: str) -> dict[str, Any]:
     return {"choices": options}
+
+
+def _pattern(regex: str, example: str) -> dict[str, Any]:
+    return {"pattern": (re.compile(regex), example)}
+
+
+#: A Kubernetes object name (DNS-1123 subdomain, as Secrets, PVCs and ServiceAccounts use).
+_K8S_NAME = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+_K8S_QUANTITY = r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?"
 
 
 @dataclass
@@ -162,11 +175,63 @@ class TunerConfig:
     test_report: bool = True
     #: A policy file (``agent.pt``) to warm-start the controller from.
     warm_start: str | None = None
-    #: Step-executor backend; ``local`` trains in this process.
-    executor: str = field(default="local", metadata=_choices("local"))
-    #: Environments stepped at once (parallel backends arrive with the cluster work).
-    num_envs: int = field(default=1, metadata=_range(1, 1))
+    #: Who trains each step: ``local`` (this process), ``process`` (a pool of ``num_envs``
+    #: worker processes here) or ``kubernetes`` (one Job per step; see the ``kubernetes`` keys).
+    executor: str = field(default="local", metadata=_choices("local", "process", "kubernetes"))
+    #: Environments stepped at once; the DQN learns from all of them.
+    num_envs: int = field(default=1, metadata=_range(1, 256))
+    #: A step whose worker process or pod fails (or is evicted) is retried this many times,
+    #: then the job stops with an error naming the step.
+    step_retries: int = field(default=2, metadata=_range(0, 20))
+    #: Torch threads per ``process`` worker (default: this machine's cores / num_envs).
+    worker_threads: int | None = field(default=None, metadata=_range(1, 1024))
     progress: bool = True
+
+
+@dataclass
+class KubernetesConfig:
+    """Step Jobs of the ``kubernetes`` executor (see docs/cluster.md)."""
+
+    #: Namespace for the step Jobs; default: the controller pod's own namespace in a
+    #: cluster, else the kubeconfig context's namespace, else ``default``.
+    namespace: str | None = field(
+        default=None, metadata=_pattern(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "team-a")
+    )
+    #: kubeconfig context when running outside a cluster (default: the current context).
+    context: str | None = None
+    image: str = field(
+        default="shieldtune:0.1.0-cpu",
+        metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}", "shieldtune:0.1.0-cpu"),
+    )
+    image_pull_policy: str = field(
+        default="IfNotPresent", metadata=_choices("IfNotPresent", "Always", "Never")
+    )
+    #: Step pods need no API access: this account should have no RBAC and no token mounted.
+    service_account: str = field(default="shieldtune-step", metadata=_pattern(_K8S_NAME, "sa"))
+    cpu_request: str = field(default="1", metadata=_pattern(_K8S_QUANTITY, "500m"))
+    cpu_limit: str = field(default="2", metadata=_pattern(_K8S_QUANTITY, "2"))
+    memory_request: str = field(default="2Gi", metadata=_pattern(_K8S_QUANTITY, "2Gi"))
+    memory_limit: str = field(default="4Gi", metadata=_pattern(_K8S_QUANTITY, "4Gi"))
+    #: ``nvidia.com/gpu`` per step pod (use the CUDA image with it).
+    gpus: int = field(default=0, metadata=_range(0, 16))
+    #: Kubernetes kills a step pod after this long (Job ``activeDeadlineSeconds``).
+    active_deadline_seconds: int = field(default=1800, metadata=_range(1, 7 * 24 * 3600))
+    #: Finished Jobs are garbage-collected after this long even if the controller died.
+    ttl_seconds_after_finished: int = field(default=600, metadata=_range(0, 7 * 24 * 3600))
+    #: Pod restarts inside one Job; 0 because the controller retries by creating a new Job
+    #: (``tuner.step_retries``), so every attempt is visible and bounded.
+    backoff_limit: int = field(default=0, metadata=_range(0, 20))
+    poll_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
+    #: How step files travel: ``mlflow`` (artifacts of the tuning run) or ``volume`` (a PVC
+    #: mounted by the controller and the step pods).
+    transport: str = field(default="mlflow", metadata=_choices("mlflow", "volume"))
+    volume_claim: str | None = field(default=None, metadata=_pattern(_K8S_NAME, "shieldtune-steps"))
+    #: Where step pods mount ``volume_claim``.
+    volume_mount_path: str = field(default="/shared", metadata=_pattern(r"/[^\0]{0,4095}", "/x"))
+    #: Where the controller sees that volume (default: ``volume_mount_path``).
+    controller_volume_path: str | None = None
+    #: Secret whose keys become the step pods' environment (MLflow URI and credentials).
+    mlflow_secret: str = field(default="shieldtune-mlflow", metadata=_pattern(_K8S_NAME, "s"))
 
 
 @dataclass
@@ -189,6 +254,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,9 +305,22 @@ def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | No
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"config key '{key}' = {value!r} must be a finite number")
-    elif annotation is str and not isinstance(value, str):
-        raise ConfigError(f"config key '{key}' = {value!r} must be a string")
+    elif annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' = {value!r} must be a string")
+        if len(value) > MAX_STRING:
+            raise ConfigError(
+                f"config key '{key}' is {len(value)} characters long; at most {MAX_STRING}"
+            )
+        if "\x00" in value:
+            raise ConfigError(f"config key '{key}' contains a NUL character")
     if meta is not None:
+        pattern = meta.metadata.get("pattern")
+        if pattern is not None and not pattern[0].fullmatch(value):
+            raise ConfigError(
+                f"config key '{key}' = {value!r} is malformed; expected something like "
+                f"{pattern[1]!r}"
+            )
         choices = meta.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(
@@ -318,9 +397,26 @@ def _check_cross_field(cfg: Config) -> None:
                 f"config key 'safety.{metric_key}' = {getattr(cfg.safety, metric_key)} exceeds "
                 f"data.{size_key} = {size}; lower it or enlarge the split"
             )
+    _check_executor(cfg)
     from shieldtune.safety import parse_constraints  # local import: safety imports torch
 
     parse_constraints(cfg.safety.constraints)
+
+
+def _check_executor(cfg: Config) -> None:
+    k = cfg.kubernetes
+    if cfg.tuner.executor != "kubernetes":
+        return
+    if k.transport == "volume" and not k.volume_claim:
+        raise ConfigError(
+            "config key 'kubernetes.volume_claim' is not set but kubernetes.transport is 'volume'; "
+            "name the PersistentVolumeClaim the controller and step pods share"
+        )
+    if k.transport == "mlflow" and not cfg.tracking.enabled:
+        raise ConfigError(
+            "kubernetes.transport 'mlflow' moves step files through the tuning run's artifacts, "
+            "so tracking.enabled must be true (or use kubernetes.transport=volume)"
+        )
 
 
 def _range_of_training_key(name: str) -> tuple[float, float] | None:

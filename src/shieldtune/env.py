@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from shieldtune.config import Config, config_from_dict
-from shieldtune.executor import StepExecutor, StepRequest, TrainState
+from shieldtune.executor import StepExecutor, StepRequest, StepResult, TrainState
 from shieldtune.safety import parse_constraints, spec_cost
 from shieldtune.search_space import SearchSpace
 from shieldtune.training import fixed_hyperparameters
@@ -95,7 +95,8 @@ class HyperparamEnv(gym.Env):
         self._last_reward = 0.0
         self.cost = 0.0
         self.safe_reached = False
-        self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0}
+        self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "attempts": 1}
+        self._proposed: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -144,36 +145,56 @@ class HyperparamEnv(gym.Env):
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        request = self.prepare_reset(seed=seed)
+        return self.complete_reset(self.executor.run(request))
+
+    def step(self, action: int):
+        return self.complete_step(self.executor.run(self.prepare_step(action)))
+
+    # The gym calls above in two halves, so that a batch of environments can hand all
+    # their segments to the executor at once (``run_many``) and train them in parallel.
+    def prepare_reset(self, *, seed: int | None = None) -> StepRequest:
+        """Start a new episode; returns the request that builds (and evaluates) a fresh model."""
         super().reset(seed=seed)
         self.episode_seed = int(self.np_random.integers(2**31 - 1))
         self.hyperparameters = self.space.initial()
         self.t = self.samples_used = 0
         self.schedule = []
         self._last_reward = 0.0
-        result = self.executor.run(
-            StepRequest(None, self.full_hyperparameters(self.hyperparameters), 0, self.episode_seed)
+        self._proposed = None
+        return StepRequest(
+            None, self.full_hyperparameters(self.hyperparameters), 0, self.episode_seed
         )
+
+    def complete_reset(self, result: StepResult) -> tuple[np.ndarray, dict[str, Any]]:
         self.state, self.metrics = result.state, result.metrics
         self.cost = spec_cost(self.constraints, self.metrics)
         self.safe_reached = self.cost <= 0
         return self._observation(), self._info(cost=self.cost, constraint_satisfied=self.cost <= 0)
 
-    def step(self, action: int):
+    def prepare_step(self, action: int) -> StepRequest:
+        """Apply ``action`` to the hyperparameters; returns the segment to train."""
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in {self.action_space}")
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        proposed = self.space.apply(self.hyperparameters, int(action))
+        if self._proposed is not None:
+            raise RuntimeError("complete_step() the previous step before preparing another")
+        self._proposed = self.space.apply(self.hyperparameters, int(action))
         self.t += 1
-        seed = _segment_seed(self.episode_seed, self.t)
-        result = self.executor.run(
-            StepRequest(
-                self.state,
-                self.full_hyperparameters(proposed),
-                self.cfg.training.segment_samples,
-                seed,
-            )
+        return StepRequest(
+            self.state,
+            self.full_hyperparameters(self._proposed),
+            self.cfg.training.segment_samples,
+            _segment_seed(self.episode_seed, self.t),
         )
+
+    def complete_step(self, result: StepResult):
+        """Judge the trained segment (accept, roll back, or end on divergence)."""
+        if self._proposed is None:
+            raise RuntimeError("prepare_step() must come before complete_step()")
+        proposed, self._proposed = self._proposed, None
+        seed = _segment_seed(self.episode_seed, self.t)
         self.samples_used += result.samples
         previous_acc = self.metrics["val_acc"]
         if result.diverged:
@@ -215,6 +236,7 @@ class HyperparamEnv(gym.Env):
         self.last_timing = {
             "train_seconds": result.train_seconds,
             "eval_seconds": result.eval_seconds,
+            "attempts": result.attempts,
         }
         return self._observation(), float(reward), terminated, truncated, info
 

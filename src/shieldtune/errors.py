@@ -22,3 +22,11 @@ class DataError(ShieldtuneError):
 
 class CheckpointError(ShieldtuneError):
     """A checkpoint or policy file is missing, corrupted or of the wrong kind."""
+
+
+class StepFailedError(ShieldtuneError):
+    """An environment step kept failing after its bounded retries (or could not be started)."""
+
+
+class ClusterError(ShieldtuneError):
+    """The Kubernetes API could not be reached, authenticated against, or refused a request."""

@@ -1,15 +1,22 @@
 """Step executors: who trains and evaluates one environment step.
 
 The environment hands "train this segment from this state with these
-hyperparameters, then evaluate it" to a :class:`StepExecutor`. The in-process
-:class:`LocalStepExecutor` lives here; the process-pool and Kubernetes-Job
-backends implement the same two methods, so neither the environment nor the
-agent changes when the backend does.
+hyperparameters, then evaluate it" to a :class:`StepExecutor`. Backends:
+
+* ``local``: :class:`LocalStepExecutor`, in this process;
+* ``process``: :class:`shieldtune.process_executor.ProcessStepExecutor`, a pool of
+  worker processes on this machine;
+* ``kubernetes``: :class:`shieldtune.k8s.executor.KubernetesStepExecutor`, one
+  Kubernetes Job running ``shieldtune step`` per step.
+
+All take a batch (``run_many``) so ``tuner.num_envs`` environments step at once;
+neither the environment nor the agent changes when the backend does.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,10 +64,16 @@ class StepResult:
     samples: int
     train_seconds: float
     eval_seconds: float
+    #: How many times the backend started this step (retries of failed/evicted workers + 1).
+    attempts: int = 1
 
 
 class StepExecutor(Protocol):
     def run(self, request: StepRequest) -> StepResult: ...
+
+    def run_many(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        """Run independent steps (one per environment), concurrently where the backend can."""
+        ...
 
     def close(self) -> None: ...
 
@@ -95,7 +108,9 @@ class LocalStepExecutor:
         if request.state is not None:
             model.load_state_dict(request.state.model)
             if request.state.optimizer:
-                optimizer.load_state_dict(request.state.optimizer)
+                # A clone: torch's load_state_dict keeps the given momentum buffers and steps
+                # them in place, which would corrupt the state a rollback returns to.
+                optimizer.load_state_dict(_clone(request.state.optimizer))
         gen = torch.Generator().manual_seed(request.seed)
         stats = train_segment(
             model,
@@ -120,6 +135,10 @@ class LocalStepExecutor:
             stats.seconds,
             time.perf_counter() - start,
         )
+
+    def run_many(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        """One after another: a single process has nothing to overlap."""
+        return [self.run(r) for r in requests]
 
     def evaluate(self, model: torch.nn.Module, seed: int) -> dict[str, float]:
         """Per-step validation metrics: accuracy, FGSM, membership inference (+ PGD if needed)."""

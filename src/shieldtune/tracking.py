@@ -1,4 +1,4 @@
-"""MLflow tracking: one parent run per tuning job, one nested run per episode.
+"""MLflow tracking: one parent run per tuning job, one child run per episode.
 
 Honours ``MLFLOW_TRACKING_URI``; with none set it uses a sqlite store in the
 working folder (``./mlflow.db``, artifacts in ``./mlartifacts``). Per-step
@@ -60,7 +60,7 @@ class Tracker:
         self.version = version
         self.uri = default_tracking_uri()
         self.parent_id: str | None = None
-        self.episode_id: str | None = None
+        self._open_episodes: set[str] = set()
         self.experiment_id: str | None = None
         self._previous_uri: str | None = None
         self._previous_buffering: str | None = None
@@ -110,29 +110,31 @@ class Tracker:
         self.parent_id = run.info.run_id
         mlflow.log_params(flatten(self.cfg))
 
-    def start_episode(self, episode: int) -> None:
+    def start_episode(self, episode: int) -> str | None:
+        """A child run for one episode; returns its id (several may be open at once)."""
         if not self.enabled:
-            return
-        run = mlflow.start_run(
-            experiment_id=self.experiment_id,
+            return None
+        assert self.client is not None and self.parent_id is not None
+        run = self.client.create_run(
+            str(self.experiment_id),
             run_name=f"episode-{episode:03d}",
-            nested=True,
-            tags={"episode": str(episode)},
+            tags={"episode": str(episode), "mlflow.parentRunId": self.parent_id},
         )
-        self.episode_id = run.info.run_id
+        self._open_episodes.add(run.info.run_id)
+        return run.info.run_id
 
-    def end_episode(self, metrics: dict[str, float], episode: int) -> None:
-        if not self.enabled:
+    def end_episode(self, run_id: str | None, metrics: dict[str, float], episode: int) -> None:
+        if not self.enabled or run_id is None:
             return
-        self._queue(self.episode_id, metrics, None)
-        mlflow.end_run()
+        self._queue(run_id, metrics, None)
         self.log_parent(metrics, step=episode)
-        self.episode_id = None
+        self.client.set_terminated(run_id, "FINISHED")
+        self._open_episodes.discard(run_id)
 
-    def log_step(self, metrics: dict[str, float], step: int) -> None:
+    def log_step(self, run_id: str | None, metrics: dict[str, float], step: int) -> None:
         """One asynchronous batch per environment step in the episode's run."""
-        if self.enabled:
-            self._queue(self.episode_id, metrics, step)
+        if self.enabled and run_id is not None:
+            self._queue(run_id, metrics, step)
 
     def log_parent(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled:
@@ -191,6 +193,9 @@ class Tracker:
             return
         try:
             mlflow.flush_async_logging()
+            for run_id in list(self._open_episodes):  # episodes cut short by an error
+                self.client.set_terminated(run_id, status)
+            self._open_episodes.clear()
             while mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
         finally:

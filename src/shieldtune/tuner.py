@@ -23,12 +23,13 @@ import yaml
 from tqdm import tqdm
 
 from shieldtune.agent import DQNAgent
+from shieldtune.backends import make_executor
 from shieldtune.checkpoint import POLICY_KIND, safe_load, save_model_checkpoint, save_policy
 from shieldtune.config import Config
 from shieldtune.data import MnistSplits, load_mnist
 from shieldtune.env import HyperparamEnv
 from shieldtune.evaluation import safety_report
-from shieldtune.executor import LocalStepExecutor, StepExecutor
+from shieldtune.executor import StepExecutor, StepResult
 from shieldtune.model import build_model
 from shieldtune.plots import plot_steps
 from shieldtune.shield import SafetyShield
@@ -56,6 +57,10 @@ class TuningSummary:
     violations: int
     warmup_steps: int
     diverged_steps: int
+    #: Extra attempts of steps whose worker failed or was evicted (all later succeeded).
+    step_retries: int
+    num_envs: int
+    executor: str
     stop_reason: str
     best: dict[str, Any] | None
     test_metrics: dict[str, float] | None
@@ -95,6 +100,164 @@ def _masked_detail(space, decision) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class _JobState:
+    """Counters and logs of the whole job, shared by every environment slot."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    best: BestFeasible | None = None
+    next_episode: int = 0
+    global_step: int = 0
+    samples: int = 0
+    violations: int = 0
+    warmup: int = 0
+    diverged: int = 0
+    retries: int = 0
+    stop_reason: str | None = None
+
+
+@dataclass
+class _Slot:
+    """One of the ``num_envs`` environments and the episode it is running."""
+
+    index: int
+    env: HyperparamEnv
+    episode: int | None = None
+    run_id: str | None = None
+    needs_reset: bool = False
+    obs: np.ndarray | None = None
+    decision: Any = None
+    action: int = 0
+    episode_return: float = 0.0
+
+    def begin(self, episode: int, tracker: Tracker) -> None:
+        self.episode, self.needs_reset, self.episode_return = episode, True, 0.0
+        self.run_id = tracker.start_episode(episode)
+
+    def end(self, tracker: Tracker, job: _JobState) -> None:
+        assert self.episode is not None
+        tracker.end_episode(
+            self.run_id,
+            {
+                "episode_return": self.episode_return,
+                "violations_so_far": float(job.violations),
+                "best_feasible_val_acc": job.best.val_metrics["val_acc"] if job.best else 0.0,
+            },
+            self.episode,
+        )
+        self.episode = self.run_id = None
+
+
+def _learn_from_step(
+    cfg: Config,
+    slot: _Slot,
+    result: StepResult,
+    agent: DQNAgent,
+    shield: SafetyShield,
+    tracker: Tracker,
+    job: _JobState,
+    controller: _Timer,
+) -> bool:
+    """Judge one trained segment, learn from the transition, log it; True if the episode ended."""
+    env, obs, action, decision = slot.env, slot.obs, slot.action, slot.decision
+    used_before = env.samples_used
+    next_obs, reward, terminated, truncated, info = env.complete_step(result)
+    done = terminated or truncated
+    job.global_step += 1
+    job.samples += info["samples_used"] - used_before
+    job.retries += result.attempts - 1
+    cost = float(info["cost"])
+    with controller:
+        rolled_back = action if info["violation"] and not info["accepted"] else None
+        next_decision = shield.decide(
+            next_obs, info["action_mask"], rolled_back, warmup=not env.safe_reached
+        )
+        agent.remember(obs, action, reward, cost, next_obs, done, next_decision.allowed)
+        shield.record()
+        q_loss = agent.update()
+        critic_loss = shield.update(agent.buffer)
+    violation = bool(info["violation"])
+    job.violations += int(violation)
+    job.warmup += int(info["warmup"])
+    job.diverged += int(info["diverged"])
+    slot.episode_return += reward
+    observed = info["observed_metrics"]
+    record = {
+        "episode": slot.episode,
+        "env_index": slot.index,
+        "step": env.t,
+        "global_step": job.global_step,
+        "action": int(action),
+        "move": env.space.describe(action),
+        **{k: float(v) for k, v in info["proposed_hyperparameters"].items()},
+        "val_acc": observed.get("val_acc", float("nan")),
+        "fgsm_robust_acc": observed.get("fgsm_robust_acc", float("nan")),
+        "mia_advantage": observed.get("mia_advantage", float("nan")),
+        "reward": float(reward),
+        "cost": cost,
+        "violation": violation,
+        "warmup": bool(info["warmup"]),
+        "accepted": bool(info["accepted"]),
+        "diverged": bool(info["diverged"]),
+        "epsilon": agent.epsilon,
+        "q_loss": q_loss,
+        "critic_loss": critic_loss,
+        "masked_actions": int(decision.masked_by_critic.sum()),
+        "samples_used": int(info["samples_used"]),
+        **env.last_timing,
+    }
+    job.records.append(record)
+    job.audit.append(
+        {
+            "episode": slot.episode,
+            "step": env.t,
+            "global_step": job.global_step,
+            "shield_active": decision.critic_applied,
+            "allowed": np.flatnonzero(decision.allowed).tolist(),
+            "masked_by_critic": _masked_detail(env.space, decision),
+            "masked_by_bounds": np.flatnonzero(
+                ~decision.allowed & ~decision.masked_by_critic
+            ).tolist(),
+            "chosen": int(action),
+            "chosen_move": env.space.describe(action),
+            "chosen_predicted_cost": float(decision.predicted_costs[action]),
+            "observed_cost": cost,
+            "costs": info["costs"],
+            "violation": violation,
+            "warmup": bool(info["warmup"]),
+            "accepted": bool(info["accepted"]),
+            "diverged": bool(info["diverged"]),
+        }
+    )
+    step_metrics = {
+        k: float(v)
+        for k, v in record.items()
+        if k not in _NOT_METRICS and v is not None and not (isinstance(v, float) and np.isnan(v))
+    }
+    tracker.log_step(slot.run_id, step_metrics, step=env.t)
+    best = job.best
+    if (
+        info["accepted"]
+        and env.cost <= 0
+        and (best is None or env.metrics["val_acc"] > best.val_metrics["val_acc"])
+    ):
+        job.best = BestFeasible(
+            slot.episode,
+            env.t,
+            job.global_step,
+            dict(env.metrics),
+            env.episode_seed,
+            [e.to_dict() for e in env.schedule],
+            {k: v.clone() for k, v in env.state.model.items()},
+        )
+    slot.obs, slot.decision = next_obs, next_decision
+    return done
+
+
+_NOT_METRICS = ("episode", "env_index", "step", "global_step", "action", "move", "samples_used")
+
+
 def run_tuning(
     cfg: Config,
     splits: MnistSplits | None = None,
@@ -106,8 +269,7 @@ def run_tuning(
     start = time.perf_counter()
     torch.manual_seed(cfg.tuner.seed)
     splits = splits if splits is not None else load_mnist(cfg.data)
-    executor = executor if executor is not None else LocalStepExecutor(cfg, splits)
-    env = HyperparamEnv(cfg, executor)
+    env = HyperparamEnv(cfg)  # sizes the networks; the slots' environments do the work
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)
     agent = DQNAgent(obs_dim, n_actions, cfg.agent, seed=cfg.tuner.seed)
@@ -123,145 +285,75 @@ def run_tuning(
     out_dir = Path(cfg.tuner.output_dir) / run_label
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    records: list[dict[str, Any]] = []
-    audit: list[dict[str, Any]] = []
-    best: BestFeasible | None = None
-    violations = warmup = diverged = global_step = samples = episodes_run = 0
-    stop_reason = "completed all episodes"
+    n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
+    slots: list[_Slot] = []
+    job = _JobState()
     controller = _Timer()
     total_steps = cfg.tuner.episodes * cfg.env.steps_per_episode
     bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
     status = "FAILED"
     try:
-        for episode in range(cfg.tuner.episodes):
-            episodes_run += 1
-            tracker.start_episode(episode)
-            obs, info = env.reset(seed=cfg.tuner.seed * 100_003 + episode)
-            with controller:
-                decision = shield.decide(obs, info["action_mask"], warmup=not env.safe_reached)
-            episode_return, done, stop, used_before = 0.0, False, None, 0
-            while not done:
-                with controller:
-                    action = agent.choose_action(obs, decision.allowed)
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-                global_step += 1
-                samples += info["samples_used"] - used_before
-                used_before = info["samples_used"]
-                cost = float(info["cost"])
-                with controller:
-                    rolled_back = action if info["violation"] and not info["accepted"] else None
-                    next_decision = shield.decide(
-                        next_obs, info["action_mask"], rolled_back, warmup=not env.safe_reached
-                    )
-                    agent.remember(obs, action, reward, cost, next_obs, done, next_decision.allowed)
-                    shield.record()
-                    q_loss = agent.update()
-                    critic_loss = shield.update(agent.buffer)
-                violation = bool(info["violation"])
-                violations += int(violation)
-                warmup += int(info["warmup"])
-                diverged += int(info["diverged"])
-                episode_return += reward
-                observed = info["observed_metrics"]
-                record = {
-                    "episode": episode,
-                    "step": env.t,
-                    "global_step": global_step,
-                    "action": int(action),
-                    "move": env.space.describe(action),
-                    **{k: float(v) for k, v in info["proposed_hyperparameters"].items()},
-                    "val_acc": observed.get("val_acc", float("nan")),
-                    "fgsm_robust_acc": observed.get("fgsm_robust_acc", float("nan")),
-                    "mia_advantage": observed.get("mia_advantage", float("nan")),
-                    "reward": float(reward),
-                    "cost": cost,
-                    "violation": violation,
-                    "warmup": bool(info["warmup"]),
-                    "accepted": bool(info["accepted"]),
-                    "diverged": bool(info["diverged"]),
-                    "epsilon": agent.epsilon,
-                    "q_loss": q_loss,
-                    "critic_loss": critic_loss,
-                    "masked_actions": int(decision.masked_by_critic.sum()),
-                    "samples_used": int(info["samples_used"]),
-                    **env.last_timing,
-                }
-                records.append(record)
-                audit.append(
-                    {
-                        "episode": episode,
-                        "step": env.t,
-                        "global_step": global_step,
-                        "shield_active": decision.critic_applied,
-                        "allowed": np.flatnonzero(decision.allowed).tolist(),
-                        "masked_by_critic": _masked_detail(env.space, decision),
-                        "masked_by_bounds": np.flatnonzero(
-                            ~decision.allowed & ~decision.masked_by_critic
-                        ).tolist(),
-                        "chosen": int(action),
-                        "chosen_move": env.space.describe(action),
-                        "chosen_predicted_cost": float(decision.predicted_costs[action]),
-                        "observed_cost": cost,
-                        "costs": info["costs"],
-                        "violation": violation,
-                        "warmup": bool(info["warmup"]),
-                        "accepted": bool(info["accepted"]),
-                        "diverged": bool(info["diverged"]),
-                    }
-                )
-                step_metrics = {
-                    k: float(v)
-                    for k, v in record.items()
-                    if k not in ("episode", "step", "global_step", "action", "move", "samples_used")
-                    and v is not None
-                    and not (isinstance(v, float) and np.isnan(v))
-                }
-                tracker.log_step(step_metrics, step=env.t)
-                if (
-                    info["accepted"]
-                    and env.cost <= 0
-                    and (best is None or env.metrics["val_acc"] > best.val_metrics["val_acc"])
-                ):
-                    best = BestFeasible(
-                        episode,
-                        env.t,
-                        global_step,
-                        dict(env.metrics),
-                        env.episode_seed,
-                        [e.to_dict() for e in env.schedule],
-                        {k: v.clone() for k, v in env.state.model.items()},
-                    )
+        if executor is None:
+            executor = make_executor(cfg, splits, tracker.parent_id)
+        slots = [_Slot(i, HyperparamEnv(cfg, executor)) for i in range(n_envs)]
+        # Each round hands one request per slot to the executor: a fresh model for a slot
+        # starting its next episode, the next segment for a slot inside one.
+        while job.stop_reason is None:
+            for slot in slots:
+                if slot.episode is None and job.next_episode < cfg.tuner.episodes:
+                    slot.begin(job.next_episode, tracker)
+                    job.next_episode += 1
+            active = [s for s in slots if s.episode is not None]
+            if not active:
+                job.stop_reason = "completed all episodes"
+                break
+            requests = []
+            for slot in active:
+                if slot.needs_reset:
+                    seed = cfg.tuner.seed * 100_003 + slot.episode
+                    requests.append(slot.env.prepare_reset(seed=seed))
+                else:
+                    with controller:
+                        slot.action = agent.choose_action(slot.obs, slot.decision.allowed)
+                    requests.append(slot.env.prepare_step(slot.action))
+            for slot, result in zip(active, executor.run_many(requests), strict=True):
+                if slot.needs_reset:
+                    slot.obs, info = slot.env.complete_reset(result)
+                    slot.needs_reset = False
+                    with controller:
+                        slot.decision = shield.decide(
+                            slot.obs, info["action_mask"], warmup=not slot.env.safe_reached
+                        )
+                    continue
+                done = _learn_from_step(cfg, slot, result, agent, shield, tracker, job, controller)
                 bar.update(1)
                 bar.set_postfix(
-                    best=f"{best.val_metrics['val_acc']:.4f}" if best else "-",
-                    violations=violations,
+                    best=f"{job.best.val_metrics['val_acc']:.4f}" if job.best else "-",
+                    violations=job.violations,
                 )
-                obs, decision = next_obs, next_decision
-                stop = _early_stop(cfg, best, violations)
-                if stop:
-                    break
-            tracker.end_episode(
-                {
-                    "episode_return": episode_return,
-                    "violations_so_far": float(violations),
-                    "best_feasible_val_acc": best.val_metrics["val_acc"] if best else 0.0,
-                },
-                episode,
-            )
-            if stop:
-                stop_reason = stop
-                break
+                stop = _early_stop(cfg, job.best, job.violations)
+                if done or stop:
+                    slot.end(tracker, job)
+                if stop and job.stop_reason is None:
+                    job.stop_reason = stop
+        for slot in slots:  # an early stop leaves parallel episodes unfinished
+            if slot.episode is not None:
+                slot.end(tracker, job)
         bar.close()
-        summary = _finish(cfg, splits, env, agent, shield, tracker, out_dir, records, audit, best)
+        summary = _finish(
+            cfg, splits, env, agent, shield, tracker, out_dir, job.records, job.audit, job.best
+        )
         summary.update(
-            episodes_run=episodes_run,
-            steps_run=global_step,
-            samples_trained=samples,
-            violations=violations,
-            warmup_steps=warmup,
-            diverged_steps=diverged,
-            stop_reason=stop_reason,
+            episodes_run=job.next_episode,
+            steps_run=job.global_step,
+            samples_trained=job.samples,
+            violations=job.violations,
+            warmup_steps=job.warmup,
+            diverged_steps=job.diverged,
+            step_retries=job.retries,
+            num_envs=n_envs,
+            executor=cfg.tuner.executor,
+            stop_reason=job.stop_reason,
             wall_seconds=time.perf_counter() - start,
             controller_seconds=controller.seconds,
         )
@@ -272,14 +364,15 @@ def run_tuning(
             {
                 "wall_seconds": result.wall_seconds,
                 "controller_seconds": result.controller_seconds,
-                "violations": float(violations),
+                "violations": float(job.violations),
             }
         )
         status = "FINISHED"
         return result
     finally:
         bar.close()
-        env.close()
+        if executor is not None:
+            executor.close()
         tracker.finish(status)
 
 

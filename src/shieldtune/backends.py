@@ -1,0 +1,31 @@
+"""Choosing the step executor a tuning job runs on (``tuner.executor``)."""
+
+from __future__ import annotations
+
+from shieldtune.config import Config
+from shieldtune.data import MnistSplits
+from shieldtune.executor import LocalStepExecutor, StepExecutor
+
+
+def make_executor(cfg: Config, splits: MnistSplits, mlflow_run_id: str | None) -> StepExecutor:
+    """The backend ``cfg.tuner.executor`` names, ready to run steps."""
+    kind = cfg.tuner.executor
+    if kind == "local":
+        return LocalStepExecutor(cfg, splits)
+    if kind == "process":
+        from shieldtune.process_executor import ProcessStepExecutor
+
+        return ProcessStepExecutor(cfg, splits)
+    from shieldtune.k8s.executor import KubernetesStepExecutor
+    from shieldtune.step_io import DirStepStore, MlflowStepStore
+
+    k = cfg.kubernetes
+    if k.transport == "volume":
+        store = DirStepStore(
+            f"{k.controller_volume_path or k.volume_mount_path}/steps",
+            uri_path=f"{k.volume_mount_path}/steps",
+        )
+    else:
+        assert mlflow_run_id is not None, "config validation requires tracking for mlflow"
+        store = MlflowStepStore(mlflow_run_id)
+    return KubernetesStepExecutor(cfg, store, mlflow_run_id=mlflow_run_id)

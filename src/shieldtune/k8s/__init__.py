@@ -1,0 +1,1 @@
+"""The ``kubernetes`` step executor: one Kubernetes Job per environment step."""

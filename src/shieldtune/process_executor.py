@@ -1,0 +1,120 @@
+"""``process`` backend: environment steps in a pool of worker processes on this machine.
+
+Each worker builds one :class:`~shieldtune.executor.LocalStepExecutor` (model
+config + data splits, sent once when the worker starts) and trains the steps
+it is handed, so ``tuner.num_envs`` environments train at the same time. The
+cores are split between workers (``torch.set_num_threads``), because torch
+threads of concurrent processes competing for the same cores slow all of them
+down many times over.
+
+Workers are started with ``spawn`` (forking a process that already runs torch
+threads can deadlock). A step whose worker raises or dies is retried on a
+fresh pool up to ``tuner.step_retries`` times, then reported as a
+:class:`~shieldtune.errors.StepFailedError`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from typing import Any
+
+from shieldtune.config import Config, config_from_dict
+from shieldtune.data import MnistSplits
+from shieldtune.errors import StepFailedError
+from shieldtune.executor import LocalStepExecutor, StepRequest, StepResult
+
+_worker: LocalStepExecutor | None = None
+
+
+def _init_worker(config: dict[str, Any], splits: MnistSplits, threads: int) -> None:
+    import torch
+
+    global _worker
+    torch.set_num_threads(threads)
+    _worker = LocalStepExecutor(config_from_dict(config), splits)
+
+
+def _run_in_worker(request: StepRequest) -> StepResult:
+    assert _worker is not None, "worker was not initialised"
+    return _worker.run(request)
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """An equal share of this machine's cores for each worker (at least one)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // workers)
+
+
+class ProcessStepExecutor:
+    def __init__(
+        self,
+        cfg: Config,
+        splits: MnistSplits,
+        workers: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.workers = workers or cfg.tuner.num_envs
+        self.retries = cfg.tuner.step_retries
+        threads = threads or cfg.tuner.worker_threads or threads_per_worker(self.workers)
+        self._initargs = (cfg.to_dict(), splits, threads)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=self._initargs,
+            )
+        return self._pool
+
+    def _restart_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def run(self, request: StepRequest) -> StepResult:
+        return self.run_many([request])[0]
+
+    def run_many(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        results: list[StepResult | None] = [None] * len(requests)
+        attempts = [0] * len(requests)
+        errors: list[str] = [""] * len(requests)
+        pending = list(range(len(requests)))
+        while pending:
+            futures: dict[int, Future] = {}
+            for i in pending:
+                attempts[i] += 1
+                futures[i] = self._ensure_pool().submit(_run_in_worker, requests[i])
+            broken = False
+            for i, future in futures.items():
+                try:
+                    results[i] = replace(future.result(), attempts=attempts[i])
+                except BrokenProcessPool as exc:
+                    broken = True
+                    errors[i] = f"worker process died ({exc})"
+                except Exception as exc:
+                    errors[i] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            if broken:
+                self._restart_pool()
+            pending = [i for i in pending if results[i] is None]
+            exhausted = [i for i in pending if attempts[i] > self.retries]
+            if exhausted:
+                i = exhausted[0]
+                raise StepFailedError(
+                    f"step with seed {requests[i].seed} failed {attempts[i]} times "
+                    f"(tuner.step_retries={self.retries}); last error: {errors[i]}"
+                )
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
