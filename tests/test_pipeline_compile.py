@@ -91,6 +91,18 @@ def test_resources_and_mlflow_secret_are_set_per_task(name):
         }
 
 
+@pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
+def test_tune_task_knows_its_pod_and_kfp_run_for_step_job_labels_and_owner(name):
+    platform = _documents(name)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {(e["name"], e["fieldPath"]) for e in platform["exec-tune"]["fieldPathAsEnv"]} == {
+        ("SHIELDTUNE_POD_NAME", "metadata.name"),
+        ("SHIELDTUNE_POD_UID", "metadata.uid"),
+    }
+    tasks = _pipeline(name)["root"]["dag"]["tasks"]
+    run_id = tasks["tune"]["inputs"]["parameters"]["kfp_run_id"]
+    assert run_id["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
 def test_retune_pipeline_warm_starts_from_the_champion():
     params = _pipeline("retune_pipeline")["root"]["inputDefinitions"]["parameters"]
     assert params["champion_model_uri"]["defaultValue"] == "models:/shieldtune-mnist-cnn@champion"

@@ -188,6 +188,17 @@ def test_run_sends_params_and_creates_experiment_in_namespace(server, target, pa
     assert server.runs[run_id]["experiment_id"] == experiment["experiment_id"]
 
 
+def test_run_and_schedule_pass_the_service_account_only_when_asked(server, target, package):
+    remote.run(target, package, PIPELINE, {"episodes": 1})
+    assert server.last_request("POST", f"{API}/runs").json.get("service_account") is None
+    remote.run(target, package, PIPELINE, {"episodes": 1}, service_account="shieldtune-controller")
+    assert server.last_request("POST", f"{API}/runs").json["service_account"] == (
+        "shieldtune-controller"
+    )
+    remote.schedule(target, package, PIPELINE, "0 3 * * 1", {}, service_account="sa-2")
+    assert server.last_request("POST", f"{API}/recurringruns").json["service_account"] == "sa-2"
+
+
 def test_second_run_reuses_experiment_pipeline_and_version(server, target, package):
     first = remote.run(target, package, PIPELINE, {"episodes": 1})
     second = remote.run(target, package, PIPELINE, {"episodes": 2})

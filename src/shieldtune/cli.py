@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from shieldtune.errors import CheckpointError, ShieldtuneError
+from shieldtune.signals import interrupt_on_sigterm
 
 EXAMPLE_CONFIG = "configs/mnist.yaml"
 
@@ -214,27 +213,17 @@ COMMANDS = {
 }
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (what Kubernetes sends a pod before killing it) unwinds like Ctrl-C, so
-    ``finally`` blocks run: step Jobs are deleted and MLflow runs closed."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        return COMMANDS[args.command](args)
+        with interrupt_on_sigterm():
+            return COMMANDS[args.command](args)
     except ShieldtuneError as exc:
         print(f"shieldtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("shieldtune: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,6 +100,7 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
     scheduled-retuning path. If no such model exists yet, it starts cold and
     says so in the summary.
     """
+    from shieldtune.signals import interrupt_on_sigterm
     from shieldtune.tuner import run_tuning
 
     warm_note = "cold start"
@@ -112,7 +113,8 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
             warm_note = f"cold start: {warm_start_model_uri} does not exist yet"
     cfg.tracking.log_model = False
     cfg.tuner.test_report = False
-    summary = run_tuning(cfg, splits=splits).to_dict()
+    with interrupt_on_sigterm():
+        summary = run_tuning(cfg, splits=splits).to_dict()
     summary["warm_start"] = warm_note
     if summary["mlflow_run_id"]:
         set_run_tag(summary["mlflow_run_id"], "shieldtune.warm_start", warm_note)

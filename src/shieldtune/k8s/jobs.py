@@ -118,7 +118,12 @@ def step_job(
             "activeDeadlineSeconds": cfg.active_deadline_seconds,
             "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
             "template": {
-                "metadata": {"labels": dict(labels)},
+                # An Istio sidecar (Kubeflow profile namespaces inject one) never exits, so
+                # the Job would never complete.
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {"sidecar.istio.io/inject": "false"},
+                },
                 "spec": {
                     "restartPolicy": "Never",
                     "serviceAccountName": cfg.service_account,

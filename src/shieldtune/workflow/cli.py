@@ -54,6 +54,12 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
         )
         if name == "schedule":
             a.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * 1"')
+        if name in ("run", "schedule"):
+            a.add_argument(
+                "--service-account",
+                help="ServiceAccount for every pod of the run (default: KFP's; see "
+                "docs/cluster.md before setting it)",
+            )
         _add_image(a)
 
 
@@ -109,9 +115,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                 f"{' (new pipeline)' if result.created_pipeline else ' (new version)'}"
             )
         elif args.action == "run":
-            print(f"run {remote.run(target, package, name, params)} started in {target.host}")
+            rid = remote.run(target, package, name, params, service_account=args.service_account)
+            print(f"run {rid} started in {target.host}")
         else:
-            rid = remote.schedule(target, package, name, args.cron, params)
+            rid = remote.schedule(
+                target, package, name, args.cron, params, service_account=args.service_account
+            )
             print(f"recurring run {rid} scheduled ({args.cron}, max_concurrency=1, no catch-up)")
     return 0
 

@@ -38,6 +38,7 @@ def tune(
     num_envs: int,
     executor: str,
     warm_start_model_uri: str,
+    kfp_run_id: str,
     policy: Output[Artifact],
     schedule: Output[Artifact],
     metrics: Output[Metrics],
@@ -47,10 +48,14 @@ def tune(
 
     Returns whether a feasible schedule was found. (The run id is an output file
     rather than a NamedTuple field: kfp.local cannot branch on NamedTuple fields.)
+    ``kfp_run_id`` labels the step Jobs of the ``kubernetes`` executor.
     """
     import json
+    import os
     import shutil
     from pathlib import Path
+
+    os.environ["SHIELDTUNE_KFP_RUN_ID"] = kfp_run_id
 
     from shieldtune.stages import load_prepared, pipeline_config, tune
 

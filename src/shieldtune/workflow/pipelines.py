@@ -22,6 +22,11 @@ MLFLOW_SECRET_ENV = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
 }
+#: Downward-API variables of the tune task (see shieldtune.k8s.executor.owner_from_env).
+CONTROLLER_POD_ENV = {
+    "SHIELDTUNE_POD_NAME": "metadata.name",
+    "SHIELDTUNE_POD_UID": "metadata.uid",
+}
 COMPONENT_NAMES = ("prepare_data", "tune", "train_final", "evaluate_safety", "register_model")
 
 
@@ -86,9 +91,14 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
                 num_envs=num_envs,
                 executor=executor,
                 warm_start_model_uri=warm_start_model_uri,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
             "tune",
         )
+        # The controller pod's name and uid make it the owner of the step Jobs it creates,
+        # so Kubernetes garbage-collects them with it.
+        for env_name, field_path in CONTROLLER_POD_ENV.items():
+            kubernetes.use_field_path_as_env(tuned, env_name, field_path)
         run_id = tuned.outputs["mlflow_run_id"]
         with dsl.If(tuned.outputs["Output"] == True, name="feasible-schedule-found"):  # noqa: E712
             final = _configure(

@@ -169,6 +169,7 @@ def run(
     pipeline_name: str,
     params: Mapping[str, Any],
     run_name: str | None = None,
+    service_account: str | None = None,
 ) -> str:
     """Uploads the package (see :func:`upload`) and starts one run of that version.
 
@@ -189,6 +190,7 @@ def run(
             pipeline_id=uploaded.pipeline_id,
             version_id=uploaded.version_id,
             params=dict(params),
+            service_account=service_account,
         )
     log.info("started KFP run %s (%s) of pipeline %s", started.run_id, run_name, name)
     return started.run_id
@@ -201,6 +203,7 @@ def schedule(
     cron: str,
     params: Mapping[str, Any],
     job_name: str | None = None,
+    service_account: str | None = None,
 ) -> str:
     """Uploads the package and creates an enabled recurring run of that version.
 
@@ -228,6 +231,7 @@ def schedule(
             version_id=uploaded.version_id,
             params=dict(params),
             enabled=True,
+            service_account=service_account,
         )
     log.info(
         "created KFP recurring run %s (%s, cron %r) of pipeline %s",
