@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from kubernetes import client, config
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from shieldtune.errors import ClusterError
 
@@ -19,6 +20,12 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 def in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _kubeconfig(path: str | None) -> str:
+    """``path``, else $KUBECONFIG as it is now (the client reads it once, at import), else
+    ``~/.kube/config``."""
+    return path or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
 def load_api_client(
@@ -30,14 +37,16 @@ def load_api_client(
     configuration = client.Configuration()
     try:
         if in_cluster():
-            config.load_incluster_config(
-                client_configuration=configuration,
+            InClusterConfigLoader(
                 token_filename=str(service_account_dir / "token"),
                 cert_filename=str(service_account_dir / "ca.crt"),
-            )
+                environ=os.environ,
+            ).load_and_set(configuration)
         else:
             config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration
+                config_file=_kubeconfig(kubeconfig),
+                context=context,
+                client_configuration=configuration,
             )
     except (config.ConfigException, OSError, ValueError, TypeError) as exc:
         how = "in-cluster service account" if in_cluster() else "kubeconfig"
@@ -61,7 +70,7 @@ def default_namespace(
             return ns_file.read_text().strip() or "default"
         return "default"
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, active = config.list_kube_config_contexts(config_file=_kubeconfig(kubeconfig))
     except (config.ConfigException, OSError):
         return "default"
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
