@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from shieldtune.config import AgentConfig
 from shieldtune.networks import mlp
 from shieldtune.replay import ReplayBuffer
+from shieldtune.rng import rng_state, set_rng_state
 
 
 def masked_argmax(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +122,20 @@ class DQNAgent:
             "steps": self.steps,
             "updates": self.updates,
         }
+
+    def snapshot(self) -> dict:
+        """Everything to continue exactly where this agent is: networks, optimizer, counters,
+        replay buffer and the exploration RNG (``state_dict`` is the transferable policy)."""
+        return {
+            **self.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": rng_state(self.rng),
+        }
+
+    def restore(self, snap: dict) -> None:
+        self.load_state_dict(snap)
+        self.buffer.load_state_dict(snap["buffer"])
+        set_rng_state(self.rng, snap["rng"])
 
     def load_state_dict(self, state: dict, warm_start: bool = False) -> None:
         """Restore networks; a warm start keeps this run's step counters and optimizer."""

@@ -40,18 +40,22 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
     """Load a file written by :func:`atomic_save` and check its ``kind`` tag."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        is_file = False
+    if not is_file:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint '{path}' is corrupted or not a safe weights-only file ({first[:160]})"
+            f"checkpoint {str(path)!r} is corrupted or not a safe weights-only file ({first[:160]})"
         ) from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"'{path}' is not a {kind} file (found {found!r})")
+        raise CheckpointError(f"{str(path)!r} is not a {kind} file (found {found!r})")
     return obj
 
 

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from shieldtune.errors import CheckpointError, ShieldtuneError
+from shieldtune.config import Config
+from shieldtune.errors import CheckpointError, ConfigError, ShieldtuneError
 from shieldtune.signals import interrupt_on_sigterm
 
 EXAMPLE_CONFIG = "configs/mnist.yaml"
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="run a tuning job (logs to MLflow)")
     _add_config_args(tune)
+    tune.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue an interrupted job from its saved controller state (the run id it "
+        "printed; found under tuner.output_dir); its saved config is used",
+    )
 
     ev = sub.add_parser(
         "evaluate", help="safety report of a checkpoint or registered model on the test split"
@@ -80,10 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
-    from shieldtune.tuner import run_tuning
+    from shieldtune.tuner import find_resume_state, run_tuning
 
     cfg = load_config(args.config, args.overrides)
-    s = run_tuning(cfg)
+    if args.resume:
+        state = find_resume_state(cfg.tuner.output_dir, args.resume)
+        cfg = _resumed_config(
+            cfg, state["config"], given_explicitly=bool(args.config or args.overrides)
+        )
+        print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
+        s = run_tuning(cfg, resume=state)
+    else:
+        s = run_tuning(cfg)
     print(f"\nconstraints: {', '.join(s.constraints)}")
     print(
         f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples trained, "
@@ -119,6 +134,24 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(f"registered model: {rm['name']} version {rm['version']}{alias}")
         print(f"browse: {ui_hint(s.tracking_uri)}")
     return 0
+
+
+def _resumed_config(given: Config, saved: dict, *, given_explicitly: bool = False) -> Config:
+    """The interrupted job's own config; a config given with --resume may only change
+    ``tuner.progress`` (a different job cannot continue this one's state)."""
+    from shieldtune.config import config_from_dict, flatten
+
+    cfg = config_from_dict(saved)
+    cfg.tuner.progress = given.tuner.progress
+    if given_explicitly:
+        mine, theirs = flatten(given), flatten(cfg)
+        differing = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if differing:
+            raise ConfigError(
+                f"--resume continues the saved job, but the given config changes "
+                f"{', '.join(differing[:3])}; drop those settings (only tuner.progress may differ)"
+            )
+    return cfg
 
 
 def _checkpoint_from_model_uri(uri: str) -> Path:
@@ -168,7 +201,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_step(args: argparse.Namespace) -> int:
     import re
 
-    from shieldtune.errors import ConfigError
     from shieldtune.step_io import open_store, run_stored_step
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", args.step_id):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -241,6 +242,10 @@ class TrackingConfig:
     run_name: str | None = None
     registered_model_name: str = "shieldtune-mnist-cnn"
     log_model: bool = True
+    #: MLflow HTTP retries per request, with exponential backoff (factor * 2**n seconds);
+    #: after them the job stops with a clear error and can be resumed.
+    http_retries: int = field(default=5, metadata=_range(0, 20))
+    http_backoff_factor: int = field(default=1, metadata=_range(0, 60))
 
 
 @dataclass
@@ -263,6 +268,23 @@ class Config:
 # --------------------------------------------------------------------------- building
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to one short line, for error messages about arbitrary input.
+
+    Safe for what a plain ``repr`` chokes on: integers too long to print (ValueError),
+    5000-character strings and YAML alias bombs (a gigantic message).
+    """
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int with more digits than Python turns into text
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _describe(meta: dataclasses.Field) -> str:
     lo, hi = meta.metadata.get("range", (None, None))
     if lo is not None and hi is not None:
@@ -283,31 +305,38 @@ def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | No
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' = {value!r} must be a list")
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be a list")
         return [_convert(f"{key}[{i}]", v, item_type, None) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             value = dataclasses.asdict(value)
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' = {value!r} must be a mapping")
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be a mapping")
         return _build(annotation, value, key)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' = {value!r} must be true or false")
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be true or false")
         return value
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise ConfigError(f"config key '{key}' = {value!r} must be an integer")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not value.is_integer())  # also NaN and inf
+        ):
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be an integer")
         value = int(value)
     elif annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key '{key}' = {value!r} must be a number")
-        value = float(value)
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond the float range
+            value = math.inf
         if not math.isfinite(value):
-            raise ConfigError(f"config key '{key}' = {value!r} must be a finite number")
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be a finite number")
     elif annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' = {value!r} must be a string")
+            raise ConfigError(f"config key '{key}' = {_show(value)} must be a string")
         if len(value) > MAX_STRING:
             raise ConfigError(
                 f"config key '{key}' is {len(value)} characters long; at most {MAX_STRING}"
@@ -318,18 +347,19 @@ def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | No
         pattern = meta.metadata.get("pattern")
         if pattern is not None and not pattern[0].fullmatch(value):
             raise ConfigError(
-                f"config key '{key}' = {value!r} is malformed; expected something like "
+                f"config key '{key}' = {_show(value)} is malformed; expected something like "
                 f"{pattern[1]!r}"
             )
         choices = meta.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(
-                f"config key '{key}' = {value!r} is not allowed; choose one of {', '.join(choices)}"
+                f"config key '{key}' = {_show(value)} is not allowed; "
+                f"choose one of {', '.join(choices)}"
             )
         lo, hi = meta.metadata.get("range", (None, None))
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(
-                f"config key '{key}' = {value!r} is out of range; allowed: {_describe(meta)}"
+                f"config key '{key}' = {_show(value)} is out of range; allowed: {_describe(meta)}"
             )
     return value
 
@@ -339,9 +369,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     for name in data:
         if name not in fields:
-            where = f"{prefix}.{name}" if prefix else str(name)
+            shown = name if isinstance(name, str) else _show(name)
+            where = f"{prefix}.{shown}" if prefix else shown
             raise ConfigError(
-                f"unknown config key '{where}'; known keys here: {', '.join(sorted(fields))}"
+                f"unknown config key {_show(where)}; known keys here: {', '.join(sorted(fields))}"
             )
     kwargs = {}
     for name, f in fields.items():
@@ -436,6 +467,24 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     return cfg
 
 
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, with every way it fails on hostile text raised as ``YAMLError``.
+
+    PyYAML lets some input escape as other exceptions: deep nesting (RecursionError),
+    integers too long for ``int()`` or impossible dates like ``2020-13-45`` (ValueError),
+    ``!!timestamp x`` (AttributeError).
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise yaml.YAMLError(f"a value cannot be constructed: {detail}") from None
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``section.key=value`` override (value parsed as YAML) to a raw config dict."""
     if "=" not in assignment:
@@ -446,16 +495,17 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not key or any(not p for p in parts):
         raise ConfigError(f"override {assignment!r} has an empty key; write section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
         raise ConfigError(
-            f"override {assignment!r}: value is not valid YAML ({exc.problem})"
+            f"override {assignment!r}: value is not valid YAML ({' '.join(problem.split())})"
         ) from None
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {assignment!r}: '{part}' is not a section")
+            raise ConfigError(f"override {assignment!r}: {_show(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -465,18 +515,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist; pass an existing YAML file")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            is_file = p.is_file()
+        except OSError:  # e.g. a name longer than the file system allows
+            is_file = False
+        if not is_file:
+            raise ConfigError(
+                f"config file {_show(str(p))} does not exist; pass an existing YAML file"
+            )
+        try:
+            loaded = _load_yaml(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file '{p}' is not valid YAML{where}") from None
+            raise ConfigError(f"config file {_show(str(p))} is not valid YAML{where}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file '{p}' cannot be read: {exc}") from None
+            raise ConfigError(f"config file {_show(str(p))} cannot be read: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of sections")
+            raise ConfigError(f"config file {_show(str(p))} must hold a mapping of sections")
         data = loaded or {}
     for assignment in overrides or []:
         apply_override(data, assignment)

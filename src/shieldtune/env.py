@@ -37,6 +37,7 @@ import numpy as np
 
 from shieldtune.config import Config, config_from_dict
 from shieldtune.executor import StepExecutor, StepRequest, StepResult, TrainState
+from shieldtune.rng import rng_state, set_rng_state
 from shieldtune.safety import parse_constraints, spec_cost
 from shieldtune.search_space import SearchSpace
 from shieldtune.training import fixed_hyperparameters
@@ -239,6 +240,44 @@ class HyperparamEnv(gym.Env):
             "attempts": result.attempts,
         }
         return self._observation(), float(reward), terminated, truncated, info
+
+    def snapshot(self) -> dict[str, Any]:
+        """This environment between steps, for a crash-safe checkpoint (weights-only types)."""
+        if self._proposed is not None:
+            raise RuntimeError("snapshot() between prepare_step() and complete_step()")
+        return {
+            "model": None if self.state is None else self.state.model,
+            "optimizer": None if self.state is None else self.state.optimizer,
+            "hyperparameters": dict(self.hyperparameters),
+            "metrics": dict(self.metrics),
+            "schedule": [e.to_dict() for e in self.schedule],
+            "episode_seed": self.episode_seed,
+            "t": self.t,
+            "samples_used": self.samples_used,
+            "last_reward": self._last_reward,
+            "cost": self.cost,
+            "safe_reached": self.safe_reached,
+            "np_random": rng_state(self.np_random),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        model = snap["model"]
+        self.state = None if model is None else TrainState(model, snap["optimizer"] or {})
+        self.hyperparameters = dict(snap["hyperparameters"])
+        self.metrics = dict(snap["metrics"])
+        self.schedule = [
+            ScheduleEntry(
+                int(e["step"]),
+                {k: v for k, v in e.items() if k not in ("step", "samples", "seed")},
+                int(e["samples"]),
+                int(e["seed"]),
+            )
+            for e in snap["schedule"]
+        ]
+        self.episode_seed, self.t = int(snap["episode_seed"]), int(snap["t"])
+        self.samples_used, self._last_reward = int(snap["samples_used"]), snap["last_reward"]
+        self.cost, self.safe_reached = snap["cost"], bool(snap["safe_reached"])
+        set_rng_state(self.np_random, snap["np_random"])
 
     def close(self) -> None:
         if self._executor is not None:

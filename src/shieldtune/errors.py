@@ -30,3 +30,7 @@ class StepFailedError(ShieldtuneError):
 
 class ClusterError(ShieldtuneError):
     """The Kubernetes API could not be reached, authenticated against, or refused a request."""
+
+
+class TrackingError(ShieldtuneError):
+    """The MLflow tracking server kept failing after bounded retries."""

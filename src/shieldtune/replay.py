@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+_ARRAYS = ("obs", "next_obs", "actions", "rewards", "costs", "dones", "next_masks")
+
 
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, n_actions: int) -> None:
@@ -42,6 +44,16 @@ class ReplayBuffer:
         self.next_obs[i], self.dones[i], self.next_masks[i] = next_obs, float(done), next_mask
         self.pos = (self.pos + 1) % self.capacity
         self.full = self.full or self.pos == 0
+
+    def state_dict(self) -> dict:
+        """Contents and write position, as tensors (a crash-safe checkpoint holds them)."""
+        arrays = {k: torch.from_numpy(getattr(self, k).copy()) for k in _ARRAYS}
+        return {**arrays, "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in _ARRAYS:
+            getattr(self, k)[...] = state[k].numpy()
+        self.pos, self.full = int(state["pos"]), bool(state["full"])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         idx = rng.integers(0, len(self), size=batch_size)

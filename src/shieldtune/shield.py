@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from shieldtune.config import ShieldConfig
 from shieldtune.networks import mlp
 from shieldtune.replay import ReplayBuffer
+from shieldtune.rng import rng_state, set_rng_state
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,14 @@ class SafetyShield:
             "optimizer": self.optimizer.state_dict(),
             "observed": self.observed,
         }
+
+    def snapshot(self) -> dict:
+        """The critic, its optimizer, counters and sampling RNG (for a crash-safe checkpoint)."""
+        return {**self.state_dict(), "rng": rng_state(self.rng)}
+
+    def restore(self, snap: dict) -> None:
+        self.load_state_dict(snap)
+        set_rng_state(self.rng, snap["rng"])
 
     def load_state_dict(self, state: dict, warm_start: bool = False) -> None:
         self.critic.load_state_dict(state["critic"])

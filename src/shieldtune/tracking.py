@@ -11,16 +11,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
+import requests
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from shieldtune.config import Config, flatten
+from shieldtune.errors import TrackingError
+
+T = TypeVar("T")
 
 CHAMPION_ALIAS = "champion"
 _BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
+_TUNED_ENV = (
+    _BUFFERING_ENV,
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+)
 
 
 def default_tracking_uri() -> str:
@@ -61,30 +73,39 @@ class Tracker:
         self.uri = default_tracking_uri()
         self.parent_id: str | None = None
         self._open_episodes: set[str] = set()
+        self._held: list[dict[str, Any]] | None = None
+        #: A crash-resumed job: look for what the crashed process already logged.
+        self.resumed = False
         self.experiment_id: str | None = None
-        self._previous_uri: str | None = None
-        self._previous_buffering: str | None = None
+        #: Environment variables this tracker set, with the values to restore in finish().
+        self._saved_env: dict[str, str | None] = {}
         self.client: MlflowClient | None = None
 
     def _connect(self) -> None:
         # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; finish() restores it so a
         # later job in the same process (from another folder) does not inherit this store.
-        self._previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self._saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *_TUNED_ENV)}
         # Without a buffering interval MLflow's async worker polls its queue with a 1 s timeout,
         # so every end_run/flush waits up to 1 s for it to notice; with one it stops at once.
-        self._previous_buffering = os.environ.get(_BUFFERING_ENV)
         os.environ.setdefault(_BUFFERING_ENV, "1")
+        # MLflow's HTTP client retries with exponential backoff: bounded by the config, so an
+        # unreachable server ends the job with a clear error instead of hanging.
+        t = self.cfg.tracking
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(t.http_backoff_factor))
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
 
-    def attach(self, run_id: str) -> None:
-        """Continue an existing parent run (a later pipeline stage logging into the job's run)."""
+    def attach(self, run_id: str, resumed: bool = False) -> None:
+        """Continue an existing parent run: a later pipeline stage logging into the job's run,
+        or (``resumed``) a tuning job restarting after a crash."""
         if not self.enabled:
             return
         self._connect()
-        run = mlflow.start_run(run_id=run_id)
+        run = _retrying(lambda: mlflow.start_run(run_id=run_id), self.uri)
         self.parent_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        self.resumed = resumed
 
     def start(self) -> None:
         if not self.enabled:
@@ -115,10 +136,25 @@ class Tracker:
         if not self.enabled:
             return None
         assert self.client is not None and self.parent_id is not None
-        run = self.client.create_run(
-            str(self.experiment_id),
-            run_name=f"episode-{episode:03d}",
-            tags={"episode": str(episode), "mlflow.parentRunId": self.parent_id},
+        client, parent = self.client, self.parent_id
+        if self.resumed:  # the crashed process may have opened this episode's run already
+            found = _retrying(
+                lambda: client.search_runs(
+                    [str(self.experiment_id)],
+                    f"tags.mlflow.parentRunId = '{parent}' and tags.episode = '{episode}'",
+                ),
+                self.uri,
+            )
+            if found:
+                self._open_episodes.add(found[0].info.run_id)
+                return found[0].info.run_id
+        run = _retrying(
+            lambda: client.create_run(
+                str(self.experiment_id),
+                run_name=f"episode-{episode:03d}",
+                tags={"episode": str(episode), "mlflow.parentRunId": parent},
+            ),
+            self.uri,
         )
         self._open_episodes.add(run.info.run_id)
         return run.info.run_id
@@ -128,7 +164,8 @@ class Tracker:
             return
         self._queue(run_id, metrics, None)
         self.log_parent(metrics, step=episode)
-        self.client.set_terminated(run_id, "FINISHED")
+        client = self.client
+        _retrying(lambda: client.set_terminated(run_id, "FINISHED"), self.uri)
         self._open_episodes.discard(run_id)
 
     def log_step(self, run_id: str | None, metrics: dict[str, float], step: int) -> None:
@@ -141,10 +178,43 @@ class Tracker:
             self._queue(self.parent_id, metrics, step)
 
     def _queue(self, run_id: str | None, metrics: dict[str, float], step: int | None) -> None:
-        """Enqueue one batch via the client (the fluent API looks the run up on every call)."""
+        """Enqueue one batch via the client (the fluent API looks the run up on every call),
+        or hold it for :meth:`send` while the tuner is inside a checkpointed round."""
         assert self.client is not None and run_id is not None
+        if self._held is not None:
+            self._held.append({"run_id": run_id, "metrics": dict(metrics), "step": step or 0})
+            return
         batch = [_metric(k, v, step or 0) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch, synchronous=False)
+
+    def hold(self) -> None:
+        """Hold metric batches from now on; :meth:`take_held` hands them over."""
+        self._held = [] if self.enabled else None
+
+    def take_held(self) -> list[dict[str, Any]]:
+        held, self._held = self._held or [], None
+        return held
+
+    def send(self, batches: list[dict[str, Any]], dedupe: bool = False) -> None:
+        """Log held batches synchronously (with retries), after the checkpoint that holds them
+        was written. ``dedupe``: skip metrics already in the run at that step (batches a
+        crashed process may have sent before it died)."""
+        if not self.enabled or not batches:
+            return
+        client = self.client
+        assert client is not None
+        for b in batches:
+            run_id, step, metrics = b["run_id"], b["step"], b["metrics"]
+            if dedupe:
+                metrics = {k: v for k, v in metrics.items() if not self._logged_at(run_id, k, step)}
+            if metrics:
+                batch = [_metric(k, v, step) for k, v in metrics.items()]
+                _retrying(partial(client.log_batch, run_id, metrics=batch), self.uri)
+
+    def _logged_at(self, run_id: str, key: str, step: int) -> bool:
+        assert self.client is not None
+        history = _retrying(partial(self.client.get_metric_history, run_id, key), self.uri)
+        return any(m.step == step for m in history)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -194,20 +264,30 @@ class Tracker:
         try:
             mlflow.flush_async_logging()
             for run_id in list(self._open_episodes):  # episodes cut short by an error
-                self.client.set_terminated(run_id, status)
+                _retrying(partial(self.client.set_terminated, run_id, status), self.uri)
             self._open_episodes.clear()
             while mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
         finally:
-            if self._previous_uri is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = self._previous_uri
-            mlflow.set_tracking_uri(self._previous_uri)
-            if self._previous_buffering is None:
-                os.environ.pop(_BUFFERING_ENV, None)
-            else:
-                os.environ[_BUFFERING_ENV] = self._previous_buffering
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            mlflow.set_tracking_uri(self._saved_env.get("MLFLOW_TRACKING_URI"))
+
+
+def _retrying(call: Callable[[], T], uri: str) -> T:
+    """``call()``; MLflow's HTTP client already retries with backoff (tracking.http_retries),
+    so a failure that still comes through becomes one clear line instead of a traceback."""
+    try:
+        return call()
+    except (MlflowException, OSError, requests.exceptions.RequestException) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(
+            f"MLflow at {uri} failed after its retries ({first}); the job's state up to the last "
+            "completed step is saved: resume it with shieldtune tune --resume RUN_ID"
+        ) from None
 
 
 def _torch_no_grad():

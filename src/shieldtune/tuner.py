@@ -24,15 +24,22 @@ from tqdm import tqdm
 
 from shieldtune.agent import DQNAgent
 from shieldtune.backends import make_executor
-from shieldtune.checkpoint import POLICY_KIND, safe_load, save_model_checkpoint, save_policy
+from shieldtune.checkpoint import (
+    POLICY_KIND,
+    atomic_save,
+    safe_load,
+    save_model_checkpoint,
+    save_policy,
+)
 from shieldtune.config import Config
 from shieldtune.data import MnistSplits, load_mnist
 from shieldtune.env import HyperparamEnv
+from shieldtune.errors import CheckpointError
 from shieldtune.evaluation import safety_report
 from shieldtune.executor import StepExecutor, StepResult
 from shieldtune.model import build_model
 from shieldtune.plots import plot_steps
-from shieldtune.shield import SafetyShield
+from shieldtune.shield import SafetyShield, ShieldDecision
 from shieldtune.tracking import Tracker
 
 
@@ -115,6 +122,19 @@ class _JobState:
     diverged: int = 0
     retries: int = 0
     stop_reason: str | None = None
+    #: Wall and controller time spent before the last resume.
+    wall_before: float = 0.0
+    controller_before: float = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = {k: v for k, v in vars(self).items() if k != "best"}
+        snap["best"] = None if self.best is None else asdict(self.best)
+        return snap
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> _JobState:
+        best = snap["best"]
+        return cls(**{**snap, "best": None if best is None else BestFeasible(**best)})
 
 
 @dataclass
@@ -130,6 +150,44 @@ class _Slot:
     decision: Any = None
     action: int = 0
     episode_return: float = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "env": self.env.snapshot(),
+            "episode": self.episode,
+            "run_id": self.run_id,
+            "needs_reset": self.needs_reset,
+            "obs": None if self.obs is None else torch.from_numpy(self.obs.copy()),
+            "decision": None
+            if d is None
+            else {
+                "allowed": torch.from_numpy(d.allowed.copy()),
+                "predicted_costs": torch.from_numpy(np.asarray(d.predicted_costs).copy()),
+                "masked_by_critic": torch.from_numpy(d.masked_by_critic.copy()),
+                "critic_applied": bool(d.critic_applied),
+            },
+            "action": self.action,
+            "episode_return": self.episode_return,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.env.restore(snap["env"])
+        self.episode, self.run_id = snap["episode"], snap["run_id"]
+        self.needs_reset, self.action = bool(snap["needs_reset"]), int(snap["action"])
+        self.episode_return = float(snap["episode_return"])
+        self.obs = None if snap["obs"] is None else snap["obs"].numpy()
+        d = snap["decision"]
+        self.decision = (
+            None
+            if d is None
+            else ShieldDecision(
+                d["allowed"].numpy(),
+                d["predicted_costs"].numpy(),
+                d["masked_by_critic"].numpy(),
+                d["critic_applied"],
+            )
+        )
 
     def begin(self, episode: int, tracker: Tracker) -> None:
         self.episode, self.needs_reset, self.episode_return = episode, True, 0.0
@@ -258,12 +316,38 @@ def _learn_from_step(
 _NOT_METRICS = ("episode", "env_index", "step", "global_step", "action", "move", "samples_used")
 
 
+CONTROLLER_KIND = "shieldtune.controller/v1"
+#: The crash-safe controller checkpoint in a job's output folder, rewritten after every round.
+STATE_FILE = "controller_state.pt"
+
+
+def find_resume_state(output_dir: str | Path, run_id: str) -> dict[str, Any]:
+    """The saved controller state of job ``run_id`` (its MLflow run id or output folder name)."""
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise CheckpointError(f"--resume {run_id!r} must be a run id (an output folder name)")
+    path = Path(output_dir) / run_id / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"no saved controller state for run {run_id} at {path}; pass the run id printed by "
+            "the interrupted job and the same tuner.output_dir"
+        )
+    return safe_load(path, CONTROLLER_KIND)
+
+
 def run_tuning(
     cfg: Config,
     splits: MnistSplits | None = None,
     executor: StepExecutor | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TuningSummary:
-    """Run a whole tuning job and return its summary (also written as ``summary.json``)."""
+    """Run a whole tuning job and return its summary (also written as ``summary.json``).
+
+    After every round of environment steps the whole controller (networks, optimizers,
+    replay buffer, critic, RNG states, environments, counters, best-so-far and the metric
+    batches of that round) is saved atomically to ``STATE_FILE``; ``resume`` (from
+    :func:`find_resume_state`) continues such a job where it stopped, with no step lost or
+    repeated and no MLflow metric logged twice.
+    """
     from shieldtune import __version__
 
     start = time.perf_counter()
@@ -274,14 +358,19 @@ def run_tuning(
     n_actions = int(env.action_space.n)
     agent = DQNAgent(obs_dim, n_actions, cfg.agent, seed=cfg.tuner.seed)
     shield = SafetyShield(obs_dim, n_actions, cfg.shield, seed=cfg.tuner.seed)
-    if cfg.tuner.warm_start:
+    if cfg.tuner.warm_start and resume is None:
         policy = safe_load(cfg.tuner.warm_start, POLICY_KIND)
         agent.load_state_dict(policy["agent"], warm_start=True)
         shield.load_state_dict(policy["shield"], warm_start=True)
 
     tracker = Tracker(cfg, __version__)
-    tracker.start()
-    run_label = tracker.parent_id or time.strftime("%Y%m%d-%H%M%S")
+    if resume is None:
+        tracker.start()
+        run_label = tracker.parent_id or time.strftime("%Y%m%d-%H%M%S")
+    else:
+        run_label = resume["run_label"]
+        if resume["parent_run_id"]:
+            tracker.attach(resume["parent_run_id"], resumed=True)
     out_dir = Path(cfg.tuner.output_dir) / run_label
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -296,9 +385,45 @@ def run_tuning(
         if executor is None:
             executor = make_executor(cfg, splits, tracker.parent_id)
         slots = [_Slot(i, HyperparamEnv(cfg, executor)) for i in range(n_envs)]
+
+        def checkpoint() -> None:
+            """Save the controller, then send the round's metrics (resent on resume if lost)."""
+            pending = tracker.take_held()
+            atomic_save(
+                {
+                    "kind": CONTROLLER_KIND,
+                    "config": cfg.to_dict(),
+                    "run_label": run_label,
+                    "parent_run_id": tracker.parent_id,
+                    "agent": agent.snapshot(),
+                    "shield": shield.snapshot(),
+                    "slots": [slot.snapshot() for slot in slots],
+                    "job": {
+                        **job.snapshot(),
+                        "wall_before": job.wall_before + time.perf_counter() - start,
+                        "controller_before": job.controller_before + controller.seconds,
+                    },
+                    "torch_rng": torch.get_rng_state(),
+                    "pending_metrics": pending,
+                },
+                out_dir / STATE_FILE,
+            )
+            tracker.send(pending)
+
+        if resume is not None:
+            agent.restore(resume["agent"])
+            shield.restore(resume["shield"])
+            for slot, snap in zip(slots, resume["slots"], strict=True):
+                slot.restore(snap)
+            job = _JobState.restore(resume["job"])
+            torch.set_rng_state(resume["torch_rng"])
+            tracker.send(resume["pending_metrics"], dedupe=True)
+            bar.update(job.global_step)
+
         # Each round hands one request per slot to the executor: a fresh model for a slot
         # starting its next episode, the next segment for a slot inside one.
         while job.stop_reason is None:
+            tracker.hold()
             for slot in slots:
                 if slot.episode is None and job.next_episode < cfg.tuner.episodes:
                     slot.begin(job.next_episode, tracker)
@@ -336,9 +461,12 @@ def run_tuning(
                     slot.end(tracker, job)
                 if stop and job.stop_reason is None:
                     job.stop_reason = stop
+            if job.stop_reason is None:
+                checkpoint()
         for slot in slots:  # an early stop leaves parallel episodes unfinished
             if slot.episode is not None:
                 slot.end(tracker, job)
+        checkpoint()
         bar.close()
         summary = _finish(
             cfg, splits, env, agent, shield, tracker, out_dir, job.records, job.audit, job.best
@@ -354,8 +482,8 @@ def run_tuning(
             num_envs=n_envs,
             executor=cfg.tuner.executor,
             stop_reason=job.stop_reason,
-            wall_seconds=time.perf_counter() - start,
-            controller_seconds=controller.seconds,
+            wall_seconds=job.wall_before + time.perf_counter() - start,
+            controller_seconds=job.controller_before + controller.seconds,
         )
         result = TuningSummary(**summary)
         (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))

@@ -3,8 +3,11 @@
 Components are built here from :mod:`component_funcs` with one configurable
 ``base_image``; the image has shieldtune (and kfp) installed, so nothing is
 pip-installed at run time. Caching is on only for data prep (reruns must
-really retrain and re-attack); every task has retries and resource requests;
-MLflow credentials come from a Kubernetes Secret, never from parameters.
+really retrain and re-attack); every task has retries, resource requests and
+limits, runs as the images' non-root user with an emptyDir at /tmp for scratch;
+MLflow credentials come from a Kubernetes Secret, never from parameters. What a
+pipeline cannot set on its pods (read-only root filesystem, seccomp, privilege
+escalation, capabilities, fsGroup) is in docs/cluster.md, section 5c.
 """
 
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from shieldtune.k8s.jobs import RUN_AS, SCRATCH
 from shieldtune.workflow import DEFAULT_BASE_IMAGE, component_funcs
 
 MLFLOW_SECRET = "shieldtune-mlflow"
@@ -27,6 +31,9 @@ CONTROLLER_POD_ENV = {
     "SHIELDTUNE_POD_NAME": "metadata.name",
     "SHIELDTUNE_POD_UID": "metadata.uid",
 }
+#: Size cap of every task's /tmp emptyDir (HOME, TMPDIR, tuner.output_dir, the launcher's
+#: output files); past it the kubelet evicts the pod and the task's retry starts over.
+SCRATCH_SIZE = "2Gi"
 COMPONENT_NAMES = ("prepare_data", "tune", "train_final", "evaluate_safety", "register_model")
 
 
@@ -61,6 +68,12 @@ def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl
     task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
     task.set_cpu_request(res.cpu).set_memory_request(res.memory)
     task.set_cpu_limit(res.cpu).set_memory_limit(res.memory)
+    # The user container runs as the images' uid/gid (docker/Dockerfile.*), refused if root.
+    # KFP's SDK can express no more than these three fields (docs/cluster.md).
+    kubernetes.set_security_context(
+        task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True
+    )
+    kubernetes.empty_dir_mount(task, "scratch", SCRATCH, size_limit=SCRATCH_SIZE)
     if name != "prepare_data":
         kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
     return task
