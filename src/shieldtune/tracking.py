@@ -181,8 +181,12 @@ class Tracker:
         """Enqueue one batch via the client (the fluent API looks the run up on every call),
         or hold it for :meth:`send` while the tuner is inside a checkpointed round."""
         assert self.client is not None and run_id is not None
+        batch_dict = {"run_id": run_id, "metrics": dict(metrics), "step": step or 0}
         if self._held is not None:
-            self._held.append({"run_id": run_id, "metrics": dict(metrics), "step": step or 0})
+            self._held.append(batch_dict)
+            return
+        if self.resumed:  # the crashed process may have logged these already
+            self.send([batch_dict], dedupe=True)
             return
         batch = [_metric(k, v, step or 0) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch, synchronous=False)

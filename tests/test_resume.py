@@ -1,0 +1,153 @@
+"""Crash-safe tuning: SIGKILL at random steps, resume, and end exactly like an unbroken run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from shieldtune.cli import main
+
+from .conftest import tiny_cli_args
+
+#: Fields that measure time, which no two runs share.
+TIMINGS = ("train_seconds", "eval_seconds", "wall_seconds", "controller_seconds")
+KILLS = 3
+
+
+def job_args(runs: Path, *extra: str) -> list[str]:
+    return tiny_cli_args(
+        "safety.constraints=['fgsm_robust_acc >= 0.1']",
+        "env.steps_per_episode=3",
+        "tuner.episodes=3",
+        "tuner.num_envs=2",
+        f"tuner.output_dir={json.dumps(str(runs))}",
+        "tracking.log_model=false",
+        *extra,
+    )
+
+
+def start(args: list[str], store: Path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "shieldtune.cli", "tune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def state_file(runs: Path) -> Path | None:
+    found = list(runs.glob("*/controller_state.pt"))
+    return found[0] if found else None
+
+
+def kill_after_checkpoints(proc: subprocess.Popen, runs: Path, n: int, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` s after its n-th new checkpoint; False if it finished first."""
+    seen, last = 0, None
+    while proc.poll() is None:
+        path = state_file(runs)
+        stamp = path.stat().st_mtime_ns if path and path.exists() else None
+        if stamp is not None and stamp != last:
+            seen, last = seen + 1, stamp
+            if seen >= n:
+                time.sleep(delay)
+                if proc.poll() is not None:
+                    break
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def metric_history(store: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Every metric of the job's runs as (run, key) -> [(step, value)], runs named by role."""
+    client = MlflowClient(f"sqlite:///{store}")
+    [exp] = [e for e in client.search_experiments() if e.name == "shieldtune"]
+    history = {}
+    for run in client.search_runs([exp.experiment_id]):
+        role = f"episode-{run.data.tags['episode']}" if "episode" in run.data.tags else "parent"
+        for key in run.data.metrics:
+            if key in TIMINGS:
+                continue
+            points = client.get_metric_history(run.info.run_id, key)
+            history[(role, key)] = sorted((m.step, m.value) for m in points)
+    return history
+
+
+def comparable(runs: Path) -> tuple[dict, list[dict]]:
+    [out] = [p for p in runs.iterdir() if p.is_dir()]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "wall_seconds",
+        "controller_seconds",
+        "output_dir",
+        "mlflow_run_id",
+        "tracking_uri",
+    ):
+        summary.pop(key)
+    summary["best"].pop("checkpoint")
+    steps = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+        for line in (out / "steps.jsonl").read_text().splitlines()
+    ]
+    return summary, steps
+
+
+@pytest.mark.integration
+def test_job_killed_at_random_steps_resumes_to_the_same_result_and_metrics(tmp_path):
+    whole_runs, broken_runs = tmp_path / "whole", tmp_path / "broken"
+    whole = start(job_args(whole_runs), tmp_path / "whole.db")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    rng = random.Random(1234)
+    args = job_args(broken_runs)
+    proc = start(args, tmp_path / "broken.db")
+    kills = 0
+    for _ in range(KILLS):
+        if not kill_after_checkpoints(proc, broken_runs, rng.randint(1, 2), rng.random() * 1.5):
+            break
+        kills += 1
+        run_id = state_file(broken_runs).parent.name
+        proc = start([*args, "--resume", run_id], tmp_path / "broken.db")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert kills >= 2, "the job finished before it could be killed twice; make it longer"
+
+    assert comparable(broken_runs) == comparable(whole_runs)
+    history = metric_history(tmp_path / "broken.db")
+    assert history == metric_history(tmp_path / "whole.db")
+    for (run, key), points in history.items():
+        steps = [s for s, _ in points]
+        assert len(steps) == len(set(steps)), f"{run} {key} logged a step twice: {steps}"
+
+
+def test_resume_without_saved_state_is_a_one_line_error(tmp_path, capsys):
+    code = main(["tune", "--set", f"tuner.output_dir={tmp_path}", "--resume", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no saved controller state for run nope" in err
+    assert err.count("\n") == 1
+
+
+def test_tampered_controller_state_never_runs_code(tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "controller_state.pt").write_bytes(pickle.dumps({"kind": Payload()}))
+    code = main(["tune", "--set", f"tuner.output_dir={tmp_path}", "--resume", "run1"])
+    out = capsys.readouterr()
+    assert code == 2 and "code ran" not in out.out
+    assert "corrupted or not a safe weights-only file" in out.err and out.err.count("\n") == 1
