@@ -1,0 +1,123 @@
+"""Fault injection: failing step pods, an MLflow server restarted mid-run.
+
+(Missing or corrupted data files are covered in test_data.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from shieldtune.config import config_from_dict
+from shieldtune.tuner import run_tuning
+
+from .conftest import tiny_cli_args
+from .k8s_standin import K8sApiStandIn
+from .mlflow_server import MlflowServer
+from .test_k8s_executor import CLAIM, k8s_config
+from .test_tuner import read_jsonl
+
+FAILURE_RATE = 0.2
+
+
+def test_job_completes_when_a_fifth_of_step_pods_fail(tmp_path, monkeypatch, tiny_splits):
+    """Every fifth pod (seeded) fails or is evicted; retries absorb it and nothing is lost."""
+    (tmp_path / "pvc").mkdir()
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rng = random.Random(7)
+    injected: list[str] = []
+
+    def flaky(job: dict, pod_index: int) -> str | None:
+        if rng.random() < FAILURE_RATE:
+            injected.append(job["metadata"]["name"])
+            return rng.choice(["fail", "evict"])
+        return None
+
+    data = k8s_config(tmp_path).to_dict()
+    data["env"]["steps_per_episode"] = 3
+    data["tuner"].update(episodes=4, num_envs=2, step_retries=3)
+    cfg = config_from_dict(data)
+    with K8sApiStandIn(
+        tmp_path / "k8s", volumes={CLAIM: tmp_path / "pvc"}, host_paths=[tmp_path], fault=flaky
+    ) as k8s:
+        monkeypatch.setenv("KUBECONFIG", str(k8s.write_kubeconfig(tmp_path / "kubeconfig")))
+        summary = run_tuning(cfg, splits=tiny_splits)
+        created = len(k8s.requests_to("POST", "/apis/batch/v1/namespaces/team/jobs"))
+        assert k8s.wait_idle(timeout=30) and k8s.jobs("team") == []
+    assert injected, "the seed must inject at least one failure"
+    steps = read_jsonl(Path(summary.output_dir) / "steps.jsonl")
+    # Every step is accounted for: all 12 trained, each failed pod retried exactly once more.
+    assert summary.steps_run == len(steps) == 12
+    assert sorted((r["episode"], r["step"]) for r in steps) == [
+        (e, t) for e in range(4) for t in range(1, 4)
+    ]
+    resets = 4
+    assert created == summary.steps_run + resets + len(injected)
+    assert summary.step_retries == sum(r["attempts"] - 1 for r in steps) <= len(injected)
+
+
+@pytest.mark.integration
+def test_mlflow_server_restarted_mid_run_loses_no_metric(tmp_path):
+    root = tmp_path / "server"
+    root.mkdir()
+    server = MlflowServer(root).start()
+    runs = tmp_path / "runs"
+    args = tiny_cli_args(
+        "safety.constraints=['fgsm_robust_acc >= 0.1']",
+        "env.steps_per_episode=4",
+        "tuner.episodes=2",
+        f"tuner.output_dir={json.dumps(str(runs))}",
+        "tracking.log_model=false",
+        "tracking.http_retries=8",
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shieldtune.cli", "tune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/controller_state.pt")):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.stop()  # the job keeps training while its tracking server is down
+        time.sleep(3)
+        server.start()
+        out = proc.communicate(timeout=600)[0]
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0, out
+    [out_dir] = [p for p in runs.iterdir() if p.is_dir()]
+    steps = read_jsonl(out_dir / "steps.jsonl")
+    assert len(steps) == 8
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        children = client.search_runs(
+            [client.get_experiment_by_name("shieldtune").experiment_id],
+            f"tags.mlflow.parentRunId = '{out_dir.name}'",
+        )
+        by_episode = {int(r.data.tags["episode"]): r.info.run_id for r in children}
+        assert sorted(by_episode) == [0, 1]
+        for key in ("val_acc", "reward", "cost", "learning_rate"):
+            for episode, run_id in by_episode.items():
+                logged = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+                expected = [
+                    (r["step"], pytest.approx(r[key])) for r in steps if r["episode"] == episode
+                ]
+                assert sorted(logged) == expected, (key, episode)
+    finally:
+        server.stop()
