@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from shieldtune.cli import main
 
-from .conftest import tiny_cli_args
+from .conftest import tiny_cli_args, tiny_dict
 
 #: Fields that measure time, which no two runs share.
 TIMINGS = ("train_seconds", "eval_seconds", "wall_seconds", "controller_seconds")
@@ -151,3 +151,53 @@ def test_tampered_controller_state_never_runs_code(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 2 and "code ran" not in out.out
     assert "corrupted or not a safe weights-only file" in out.err and out.err.count("\n") == 1
+
+
+TUNE_TASK = """
+import json, sys
+from shieldtune import stages
+from shieldtune.config import config_from_dict
+from shieldtune.data import load_mnist
+
+cfg = config_from_dict(json.loads(sys.argv[1]))
+summary = stages.tune(cfg, load_mnist(cfg.data))
+print("SUMMARY", json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps_run", "warm_start")}))
+"""
+
+
+@pytest.mark.integration
+def test_retried_kfp_tune_task_resumes_the_attempt_that_died(tmp_path):
+    """A KFP retry runs on a fresh pod: the state comes back from the MLflow run, found by
+    the KFP run id, not from the dead pod's disk."""
+    config = tiny_dict(
+        safety={"constraints": ["fgsm_robust_acc >= 0.1"]},
+        env={"steps_per_episode": 3},
+        tuner={"episodes": 2, "output_dir": "runs", "progress": False},
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "SHIELDTUNE_KFP_RUN_ID": "kfp-run-42",
+    }
+
+    def attempt(pod: str) -> subprocess.Popen:
+        (tmp_path / pod).mkdir()
+        return subprocess.Popen(
+            [sys.executable, "-c", TUNE_TASK, json.dumps(config)],
+            cwd=tmp_path / pod,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    first = attempt("pod-1")
+    assert kill_after_checkpoints(first, tmp_path / "pod-1" / "runs", 2, 0.0)
+    died_in = state_file(tmp_path / "pod-1" / "runs").parent.name  # its MLflow run id
+    second = attempt("pod-2")
+    out = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, out
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    assert summary["mlflow_run_id"] == died_in
+    assert summary["steps_run"] == 6
+    assert "resumed after step" in summary["warm_start"]

@@ -184,6 +184,9 @@ class TunerConfig:
     #: A step whose worker process or pod fails (or is evicted) is retried this many times,
     #: then the job stops with an error naming the step.
     step_retries: int = field(default=2, metadata=_range(0, 20))
+    #: Also keep the crash-safe controller state in the MLflow run (``controller/``), so a
+    #: retried KFP tune task on a fresh pod resumes it; the pipeline turns this on.
+    checkpoint_to_mlflow: bool = False
     #: Torch threads per ``process`` worker (default: this machine's cores / num_envs).
     worker_threads: int | None = field(default=None, metadata=_range(1, 1024))
     progress: bool = True

@@ -10,6 +10,7 @@ into the one MLflow parent run that ``tune`` opens.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -92,6 +93,15 @@ def load_prepared(out_dir: Path) -> MnistSplits:
 # --------------------------------------------------------------------------- tune
 
 
+def find_kfp_resume_state(kfp_run_id: str, cfg: Config) -> dict[str, Any] | None:
+    """The controller state of an unfinished tuning run of this KFP run, if one exists."""
+    from shieldtune.tracking import find_controller_state
+    from shieldtune.tuner import CONTROLLER_KIND, STATE_FILE
+
+    path = find_controller_state(cfg.tracking.experiment, kfp_run_id, STATE_FILE)
+    return None if path is None else safe_load(path, CONTROLLER_KIND)
+
+
 def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> dict[str, Any]:
     """Run the controller loop; the registry is left to the gated register stage.
 
@@ -113,8 +123,16 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
             warm_note = f"cold start: {warm_start_model_uri} does not exist yet"
     cfg.tracking.log_model = False
     cfg.tuner.test_report = False
+    # A retried tune task continues the attempt that died, from the controller state that
+    # attempt kept in MLflow (its pod's disk is gone).
+    cfg.tuner.checkpoint_to_mlflow = cfg.tracking.enabled
+    kfp_run_id = os.environ.get("SHIELDTUNE_KFP_RUN_ID", "")
+    state = find_kfp_resume_state(kfp_run_id, cfg) if kfp_run_id and cfg.tracking.enabled else None
+    if state is not None:
+        cfg = config_from_dict(state["config"])
+        warm_note += f"; resumed after step {state['job']['global_step']} of a failed attempt"
     with interrupt_on_sigterm():
-        summary = run_tuning(cfg, splits=splits).to_dict()
+        summary = run_tuning(cfg, splits=splits, resume=state).to_dict()
     summary["warm_start"] = warm_note
     if summary["mlflow_run_id"]:
         set_run_tag(summary["mlflow_run_id"], "shieldtune.warm_start", warm_note)

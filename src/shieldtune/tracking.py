@@ -27,6 +27,8 @@ from shieldtune.errors import TrackingError
 T = TypeVar("T")
 
 CHAMPION_ALIAS = "champion"
+KFP_RUN_TAG = "shieldtune.kfp_run_id"
+CONTROLLER_ARTIFACTS = "controller"
 _BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
 _TUNED_ENV = (
     _BUFFERING_ENV,
@@ -124,6 +126,8 @@ class Tracker:
             exp_id = exp.experiment_id
         self.experiment_id = exp_id
         tags = {"seed": str(self.cfg.tuner.seed), "shieldtune.version": self.version}
+        if os.environ.get("SHIELDTUNE_KFP_RUN_ID"):  # a retried KFP task finds its run by it
+            tags[KFP_RUN_TAG] = os.environ["SHIELDTUNE_KFP_RUN_ID"]
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -222,7 +226,15 @@ class Tracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.parent_id)
+            _retrying(
+                partial(
+                    mlflow.log_artifact,
+                    str(path),
+                    artifact_path=artifact_path,
+                    run_id=self.parent_id,
+                ),
+                self.uri,
+            )
 
     def log_model(
         self,
@@ -317,6 +329,34 @@ def _metric(key: str, value: float, step: int = 0):
     from mlflow.entities import Metric
 
     return Metric(key, float(value), int(time.time() * 1000), step)
+
+
+def find_controller_state(experiment: str, kfp_run_id: str, file_name: str) -> Path | None:
+    """The saved controller state of the newest unfinished tuning run of a KFP run, if any."""
+    client = MlflowClient(default_tracking_uri())
+    exp = _retrying(partial(client.get_experiment_by_name, experiment), default_tracking_uri())
+    if exp is None:
+        return None
+    runs = _retrying(
+        partial(
+            client.search_runs,
+            [exp.experiment_id],
+            f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        ),
+        default_tracking_uri(),
+    )
+    for run in runs:
+        listed = client.list_artifacts(run.info.run_id, CONTROLLER_ARTIFACTS)
+        if any(Path(f.path).name == file_name for f in listed):
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id,
+                    artifact_path=f"{CONTROLLER_ARTIFACTS}/{file_name}",
+                    tracking_uri=default_tracking_uri(),
+                )
+            )
+    return None
 
 
 def download_policy(model_uri: str) -> Path | None:

@@ -40,7 +40,7 @@ from shieldtune.executor import StepExecutor, StepResult
 from shieldtune.model import build_model
 from shieldtune.plots import plot_steps
 from shieldtune.shield import SafetyShield, ShieldDecision
-from shieldtune.tracking import Tracker
+from shieldtune.tracking import CONTROLLER_ARTIFACTS, Tracker
 
 
 @dataclass
@@ -323,13 +323,17 @@ STATE_FILE = "controller_state.pt"
 
 def find_resume_state(output_dir: str | Path, run_id: str) -> dict[str, Any]:
     """The saved controller state of job ``run_id`` (its MLflow run id or output folder name)."""
-    if not run_id or "/" in run_id or run_id in (".", ".."):
+    if not run_id or "/" in run_id or run_id in (".", "..") or not run_id.isprintable():
         raise CheckpointError(f"--resume {run_id!r} must be a run id (an output folder name)")
     path = Path(output_dir) / run_id / STATE_FILE
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        is_file = False
+    if not is_file:
         raise CheckpointError(
-            f"no saved controller state for run {run_id} at {path}; pass the run id printed by "
-            "the interrupted job and the same tuner.output_dir"
+            f"no saved controller state for run {run_id} at {str(path)!r}; pass the run id "
+            "printed by the interrupted job and the same tuner.output_dir"
         )
     return safe_load(path, CONTROLLER_KIND)
 
@@ -408,6 +412,8 @@ def run_tuning(
                 },
                 out_dir / STATE_FILE,
             )
+            if cfg.tuner.checkpoint_to_mlflow:
+                tracker.log_artifact(out_dir / STATE_FILE, CONTROLLER_ARTIFACTS)
             tracker.send(pending)
 
         if resume is not None:
