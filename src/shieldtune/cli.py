@@ -90,7 +90,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.tuner import find_resume_state, run_tuning
 
     cfg = load_config(args.config, args.overrides)
-    if args.resume:
+    if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
         state = find_resume_state(cfg.tuner.output_dir, args.resume)
         cfg = _resumed_config(
             cfg, state["config"], given_explicitly=bool(args.config or args.overrides)

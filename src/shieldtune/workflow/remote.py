@@ -281,12 +281,18 @@ def _read_package(package_path: str | Path) -> _Package:
         raise ConfigError(
             f"pipeline package {str(path)!r} must be a compiled pipeline .yaml/.yml file"
         )
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        is_file = False
+    if not is_file:
         raise ConfigError(f"pipeline package {str(path)!r} does not exist; compile it first")
     data = path.read_bytes()
     try:
         documents = list(yaml.safe_load_all(data))
-    except yaml.YAMLError as error:
+    # PyYAML lets deep nesting (RecursionError) and values it cannot construct (ValueError for
+    # a 5000-digit int or 2020-13-45, AttributeError for `!!timestamp x`) escape unwrapped.
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError) as error:
         raise ConfigError(
             f"pipeline package {str(path)!r} is not valid YAML: {_first_line(error)}"
         ) from error
