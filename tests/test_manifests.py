@@ -55,9 +55,7 @@ COMPONENTS = {"mlflow", "controller", "step"}
 CONTROLLER_GRANTS = {
     ("batch", "jobs", "create"),
     ("batch", "jobs", "get"),
-    ("batch", "jobs", "list"),
     ("batch", "jobs", "delete"),
-    ("", "pods", "get"),
     ("", "pods", "list"),
 }
 
