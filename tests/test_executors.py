@@ -151,3 +151,18 @@ def test_parallel_envs_on_the_process_pool_match_the_local_run(tmp_path, tiny_sp
 
 def _without_timings(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+
+
+def test_a_step_never_changes_the_state_it_started_from(tiny_config, tiny_splits):
+    """Rollback returns to the request's state, so training must not step its momentum
+    buffers in place (torch's load_state_dict keeps the tensors it is given)."""
+    local = LocalStepExecutor(tiny_config, tiny_splits)
+    start = local.run(StepRequest(None, HYPER, 300, seed=3)).state
+    start = local.run(StepRequest(start, HYPER, 300, seed=4)).state
+    before = {k: v.clone() for k, v in start.optimizer["state"][0].items()}
+    model_before = {k: v.clone() for k, v in start.model.items()}
+    local.run(StepRequest(start, HYPER, 300, seed=5))
+    for k, v in before.items():
+        assert torch.equal(start.optimizer["state"][0][k], v), k
+    for k, v in model_before.items():
+        assert torch.equal(start.model[k], v), k
