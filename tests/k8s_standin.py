@@ -81,7 +81,8 @@ Simplifications, on purpose:
   ``persistentVolumeClaim`` -> ``volumes[claimName]`` (unknown claim: the pod stays
   ``Pending``/``Unschedulable`` like a missing PVC); ``secret`` -> a per-pod directory holding
   one file per key; ``hostPath`` -> that path. Other volume types leave the pod ``Pending``.
-  Paths inside ``workdir``, any ``volumes`` directory or ``host_paths`` are already host paths
+  Paths inside ``workdir``, any ``volumes`` directory, ``host_paths`` or the running Python
+  installation are already host paths
   and are never rewritten (so a test can hand a pod a host path under ``/tmp`` while the pod
   also mounts an emptyDir at ``/tmp``). Paths the program *computes* at run time (e.g.
   ``Path.home()`` without ``HOME`` set) are not rewritten. ``readOnly`` is not enforced.
@@ -1630,7 +1631,9 @@ class K8sApiStandIn:
         by_path = dict(mounts)
         alternatives = "|".join(re.escape(p) for p in sorted(by_path, key=len, reverse=True))
         pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])")
-        keep = [self.workdir, *self.volumes.values(), *self.host_paths]
+        # The running Python is a host path too (a checkout under /tmp must keep its venv).
+        python = (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))
+        keep = [self.workdir, *self.volumes.values(), *self.host_paths, *python]
         keep = [Path(os.path.abspath(k)) for k in keep]
 
         def replace(match: re.Match[str]) -> str:
