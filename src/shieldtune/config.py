@@ -22,6 +22,9 @@ import yaml
 
 from shieldtune.errors import ConfigError
 
+#: Where tuning jobs write their folders (one per run) unless tuner.output_dir says otherwise.
+DEFAULT_OUTPUT_DIR = "shieldtune-runs"
+
 #: Longest string value accepted anywhere in a config (paths, names, constraints).
 MAX_STRING = 4096
 
@@ -170,7 +173,7 @@ class TunerConfig:
     target_val_acc: float | None = field(default=None, metadata=_range(0.0, 1.0))
     #: Stop once this many trained segments broke a constraint.
     max_violations: int | None = field(default=None, metadata=_range(0, 10_000_000))
-    output_dir: str = "shieldtune-runs"
+    output_dir: str = DEFAULT_OUTPUT_DIR
     #: Evaluate the best checkpoint on the test split at the end (and register it). The
     #: pipeline turns this off: its evaluate_safety stage owns the test report.
     test_report: bool = True

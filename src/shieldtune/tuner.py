@@ -12,6 +12,7 @@ audit log, plots and a JSON summary, all tracked in MLflow.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from shieldtune.checkpoint import (
     save_model_checkpoint,
     save_policy,
 )
-from shieldtune.config import Config
+from shieldtune.config import DEFAULT_OUTPUT_DIR, Config
 from shieldtune.data import MnistSplits, load_mnist
 from shieldtune.env import HyperparamEnv
 from shieldtune.errors import CheckpointError
@@ -377,6 +378,13 @@ def run_tuning(
             tracker.attach(resume["parent_run_id"], resumed=True)
     out_dir = Path(cfg.tuner.output_dir) / run_label
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.tuner.progress:
+        where = "" if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR else " --set tuner.output_dir=..."
+        print(
+            f"run {run_label}: state saved after every step; if interrupted, continue with "
+            f"shieldtune tune --resume {run_label}{where}",
+            file=sys.stderr,
+        )
 
     n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
     slots: list[_Slot] = []
