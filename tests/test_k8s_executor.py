@@ -319,3 +319,36 @@ def test_step_files_never_travel_through_the_pod_log(tmp_path, cluster):
         executor.close()
     assert cluster.requests, "the executor talked to the API"
     assert [r for r in cluster.requests if r.path.endswith("/log")] == []
+
+
+def test_step_files_can_travel_as_mlflow_artifacts_of_the_tuning_run(
+    tmp_path, cluster, tiny_splits, monkeypatch
+):
+    """The default transport: no shared volume, the pod reads and writes the run's artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from shieldtune.step_io import MlflowStepStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("steps", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    data = k8s_config(tmp_path).to_dict()
+    data["kubernetes"].update(transport="mlflow", volume_claim=None)
+    data["tracking"]["enabled"] = True
+    cfg = config_from_dict(data)
+    executor = KubernetesStepExecutor(cfg, MlflowStepStore(run_id), mlflow_run_id=run_id)
+    request = StepRequest(None, HYPER, 300, seed=1)
+    try:
+        [result] = executor.run_many([request])
+    finally:
+        executor.close()
+    assert_same_result(result, LocalStepExecutor(cfg, tiny_splits).run(request))
+    [job] = cluster.requests_to("POST", "/apis/batch/v1/namespaces/team/jobs")
+    container = job.body["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--store", f"mlflow:{run_id}"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": uri} in container["env"]
+    [folder] = client.list_artifacts(run_id, "steps")
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, folder.path)}
+    assert names == {"request.pt", "result.pt"}  # kept as the step's audit trail
