@@ -121,3 +121,80 @@ def test_mlflow_server_restarted_mid_run_loses_no_metric(tmp_path):
                 assert sorted(logged) == expected, (key, episode)
     finally:
         server.stop()
+
+
+def test_unreachable_mlflow_at_start_is_one_line_and_starts_nothing(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens there
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shieldtune.cli",
+            "tune",
+            *tiny_cli_args("tracking.http_retries=0", f"tuner.output_dir={tmp_path / 'runs'}"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("shieldtune: error: MLflow at http://127.0.0.1:9 failed")
+    assert "MLFLOW_TRACKING_URI" in line and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+def test_mlflow_down_past_the_retries_stops_the_job_and_resume_loses_nothing(tmp_path):
+    root = tmp_path / "server"
+    root.mkdir()
+    server = MlflowServer(root).start()
+    runs = tmp_path / "runs"
+    args = tiny_cli_args(
+        "safety.constraints=['fgsm_robust_acc >= 0.1']",
+        "env.steps_per_episode=4",
+        "tuner.episodes=2",
+        f"tuner.output_dir={json.dumps(str(runs))}",
+        "tracking.log_model=false",
+        "tracking.http_retries=1",
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    cmd = [sys.executable, "-m", "shieldtune.cli", "tune", *args]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/controller_state.pt")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.stop()
+        assert proc.wait(timeout=300) == 2
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "shieldtune: error: MLflow at" in err
+    [out_dir] = [p for p in runs.iterdir() if p.is_dir()]
+    assert f"shieldtune tune --resume {out_dir.name}" in err
+    server.start()
+    try:
+        resumed = subprocess.run(
+            [*cmd, "--resume", out_dir.name], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        steps = read_jsonl(out_dir / "steps.jsonl")
+        assert len(steps) == 8
+        client = MlflowClient(server.uri)
+        children = client.search_runs(
+            [client.get_experiment_by_name("shieldtune").experiment_id],
+            f"tags.mlflow.parentRunId = '{out_dir.name}'",
+        )
+        by_episode = {int(r.data.tags["episode"]): r.info.run_id for r in children}
+        assert sorted(by_episode) == [0, 1]
+        for episode, run_id in by_episode.items():
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_acc"))
+            expected = [
+                (r["step"], pytest.approx(r["val_acc"])) for r in steps if r["episode"] == episode
+            ]
+            assert logged == expected, episode
+    finally:
+        server.stop()

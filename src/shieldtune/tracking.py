@@ -104,15 +104,24 @@ class Tracker:
         if not self.enabled:
             return
         self._connect()
-        run = _retrying(lambda: mlflow.start_run(run_id=run_id), self.uri)
+        run = self._call(lambda: mlflow.start_run(run_id=run_id))
         self.parent_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self.resumed = resumed
 
     def start(self) -> None:
+        """Open the job's parent run (one clear error if the tracking server is unreachable)."""
         if not self.enabled:
             return
         self._connect()
+        _retrying(self._open_parent, self.uri, START_HINT)
+
+    def _call(self, call: Callable[[], T]) -> T:
+        """``call()`` with :func:`_retrying`'s one-line error, naming the run to resume."""
+        hint = RESUME_HINT.replace("RUN_ID", self.parent_id) if self.parent_id else RESUME_HINT
+        return _retrying(call, self.uri, hint)
+
+    def _open_parent(self) -> None:
         assert self.client is not None
         exp = self.client.get_experiment_by_name(self.cfg.tracking.experiment)
         if exp is None:
@@ -142,23 +151,21 @@ class Tracker:
         assert self.client is not None and self.parent_id is not None
         client, parent = self.client, self.parent_id
         if self.resumed:  # the crashed process may have opened this episode's run already
-            found = _retrying(
+            found = self._call(
                 lambda: client.search_runs(
                     [str(self.experiment_id)],
                     f"tags.mlflow.parentRunId = '{parent}' and tags.episode = '{episode}'",
-                ),
-                self.uri,
+                )
             )
             if found:
                 self._open_episodes.add(found[0].info.run_id)
                 return found[0].info.run_id
-        run = _retrying(
+        run = self._call(
             lambda: client.create_run(
                 str(self.experiment_id),
                 run_name=f"episode-{episode:03d}",
                 tags={"episode": str(episode), "mlflow.parentRunId": parent},
-            ),
-            self.uri,
+            )
         )
         self._open_episodes.add(run.info.run_id)
         return run.info.run_id
@@ -169,7 +176,7 @@ class Tracker:
         self._queue(run_id, metrics, None)
         self.log_parent(metrics, step=episode)
         client = self.client
-        _retrying(lambda: client.set_terminated(run_id, "FINISHED"), self.uri)
+        self._call(lambda: client.set_terminated(run_id, "FINISHED"))
         self._open_episodes.discard(run_id)
 
     def log_step(self, run_id: str | None, metrics: dict[str, float], step: int) -> None:
@@ -217,23 +224,22 @@ class Tracker:
                 metrics = {k: v for k, v in metrics.items() if not self._logged_at(run_id, k, step)}
             if metrics:
                 batch = [_metric(k, v, step) for k, v in metrics.items()]
-                _retrying(partial(client.log_batch, run_id, metrics=batch), self.uri)
+                self._call(partial(client.log_batch, run_id, metrics=batch))
 
     def _logged_at(self, run_id: str, key: str, step: int) -> bool:
         assert self.client is not None
-        history = _retrying(partial(self.client.get_metric_history, run_id, key), self.uri)
+        history = self._call(partial(self.client.get_metric_history, run_id, key))
         return any(m.step == step for m in history)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            _retrying(
+            self._call(
                 partial(
                     mlflow.log_artifact,
                     str(path),
                     artifact_path=artifact_path,
                     run_id=self.parent_id,
-                ),
-                self.uri,
+                )
             )
 
     def log_model(
@@ -275,35 +281,54 @@ class Tracker:
         return {"name": name, "version": version, "alias": CHAMPION_ALIAS if feasible else None}
 
     def finish(self, status: str = "FINISHED") -> None:
+        """Flush, close every run, restore the environment. Each part is tried even if an
+        earlier one failed (a run left on MLflow's stack would make its exit handler retry
+        for minutes against a dead server); the first error is raised at the end."""
         if not self.enabled:
             return
-        try:
-            mlflow.flush_async_logging()
-            for run_id in list(self._open_episodes):  # episodes cut short by an error
-                _retrying(partial(self.client.set_terminated, run_id, status), self.uri)
-            self._open_episodes.clear()
-            while mlflow.active_run() is not None:
-                mlflow.end_run(status=status)
-        finally:
-            for key, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            mlflow.set_tracking_uri(self._saved_env.get("MLFLOW_TRACKING_URI"))
+        assert self.client is not None
+        client = self.client
+        closes = [
+            mlflow.flush_async_logging,
+            *(partial(client.set_terminated, run_id, status) for run_id in self._open_episodes),
+        ]
+        errors: list[TrackingError] = []
+        for close in closes:
+            try:
+                self._call(close)
+            except TrackingError as exc:
+                errors.append(exc)
+        while mlflow.active_run() is not None:  # end_run pops the run before it calls the server
+            try:
+                self._call(partial(mlflow.end_run, status=status))
+            except TrackingError as exc:
+                errors.append(exc)
+        self._open_episodes.clear()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        mlflow.set_tracking_uri(self._saved_env.get("MLFLOW_TRACKING_URI"))
+        if errors:
+            raise errors[0]
 
 
-def _retrying(call: Callable[[], T], uri: str) -> T:
+RESUME_HINT = (
+    "the job's state up to the last completed step is saved: resume it with "
+    "shieldtune tune --resume RUN_ID"
+)
+START_HINT = "check MLFLOW_TRACKING_URI and that the server runs, or set tracking.enabled=false"
+
+
+def _retrying(call: Callable[[], T], uri: str, hint: str = RESUME_HINT) -> T:
     """``call()``; MLflow's HTTP client already retries with backoff (tracking.http_retries),
     so a failure that still comes through becomes one clear line instead of a traceback."""
     try:
         return call()
     except (MlflowException, OSError, requests.exceptions.RequestException) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(
-            f"MLflow at {uri} failed after its retries ({first}); the job's state up to the last "
-            "completed step is saved: resume it with shieldtune tune --resume RUN_ID"
-        ) from None
+        raise TrackingError(f"MLflow at {uri} failed after its retries ({first}); {hint}") from None
 
 
 def _torch_no_grad():
