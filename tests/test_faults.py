@@ -64,62 +64,62 @@ def test_job_completes_when_a_fifth_of_step_pods_fail(tmp_path, monkeypatch, tin
     assert summary.step_retries == sum(r["attempts"] - 1 for r in steps) <= len(injected)
 
 
-@pytest.mark.integration
-def test_mlflow_server_restarted_mid_run_loses_no_metric(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MlflowServer(root).start()
-    runs = tmp_path / "runs"
+def tune_command(runs: Path, http_retries: int) -> list[str]:
+    """A tiny 8-step job (2 episodes x 4 steps) writing under ``runs``."""
     args = tiny_cli_args(
         "safety.constraints=['fgsm_robust_acc >= 0.1']",
         "env.steps_per_episode=4",
         "tuner.episodes=2",
         f"tuner.output_dir={json.dumps(str(runs))}",
         "tracking.log_model=false",
-        "tracking.http_retries=8",
+        f"tracking.http_retries={http_retries}",
     )
+    return [sys.executable, "-m", "shieldtune.cli", "tune", *args]
+
+
+def wait_for_first_checkpoint(proc: subprocess.Popen, runs: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/controller_state.pt")):
+        assert proc.poll() is None, "the job ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def assert_every_step_logged_once(server: MlflowServer, out_dir: Path) -> None:
+    """Each step record of the job is in its episode's MLflow run, once, at its step."""
+    steps = read_jsonl(out_dir / "steps.jsonl")
+    assert len(steps) == 8
+    client = MlflowClient(server.uri)
+    children = client.search_runs(
+        [client.get_experiment_by_name("shieldtune").experiment_id],
+        f"tags.mlflow.parentRunId = '{out_dir.name}'",
+    )
+    by_episode = {int(r.data.tags["episode"]): r.info.run_id for r in children}
+    assert sorted(by_episode) == [0, 1]
+    for key in ("val_acc", "reward", "cost", "learning_rate"):
+        for episode, run_id in by_episode.items():
+            logged = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            mine = [r for r in steps if r["episode"] == episode]
+            assert sorted(logged) == [(r["step"], pytest.approx(r[key])) for r in mine]
+
+
+@pytest.mark.integration
+def test_mlflow_server_restarted_mid_run_loses_no_metric(tmp_path):
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server").start()
+    runs = tmp_path / "runs"
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shieldtune.cli", "tune", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = subprocess.Popen(tune_command(runs, http_retries=8), env=env, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not list(runs.glob("*/controller_state.pt")):
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_first_checkpoint(proc, runs)
         server.stop()  # the job keeps training while its tracking server is down
         time.sleep(3)
         server.start()
-        out = proc.communicate(timeout=600)[0]
+        assert proc.wait(timeout=600) == 0
+        [out_dir] = [p for p in runs.iterdir() if p.is_dir()]
+        assert_every_step_logged_once(server, out_dir)
     finally:
         proc.kill()
-        server.stop()
-    assert proc.returncode == 0, out
-    [out_dir] = [p for p in runs.iterdir() if p.is_dir()]
-    steps = read_jsonl(out_dir / "steps.jsonl")
-    assert len(steps) == 8
-    server.start()
-    try:
-        client = MlflowClient(server.uri)
-        children = client.search_runs(
-            [client.get_experiment_by_name("shieldtune").experiment_id],
-            f"tags.mlflow.parentRunId = '{out_dir.name}'",
-        )
-        by_episode = {int(r.data.tags["episode"]): r.info.run_id for r in children}
-        assert sorted(by_episode) == [0, 1]
-        for key in ("val_acc", "reward", "cost", "learning_rate"):
-            for episode, run_id in by_episode.items():
-                logged = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-                expected = [
-                    (r["step"], pytest.approx(r[key])) for r in steps if r["episode"] == episode
-                ]
-                assert sorted(logged) == expected, (key, episode)
-    finally:
         server.stop()
 
 
@@ -146,27 +146,14 @@ def test_unreachable_mlflow_at_start_is_one_line_and_starts_nothing(tmp_path):
 
 @pytest.mark.integration
 def test_mlflow_down_past_the_retries_stops_the_job_and_resume_loses_nothing(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MlflowServer(root).start()
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server").start()
     runs = tmp_path / "runs"
-    args = tiny_cli_args(
-        "safety.constraints=['fgsm_robust_acc >= 0.1']",
-        "env.steps_per_episode=4",
-        "tuner.episodes=2",
-        f"tuner.output_dir={json.dumps(str(runs))}",
-        "tracking.log_model=false",
-        "tracking.http_retries=1",
-    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-    cmd = [sys.executable, "-m", "shieldtune.cli", "tune", *args]
+    cmd = tune_command(runs, http_retries=1)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not list(runs.glob("*/controller_state.pt")):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_first_checkpoint(proc, runs)
         server.stop()
         assert proc.wait(timeout=300) == 2
         err = proc.stderr.read()
@@ -181,20 +168,6 @@ def test_mlflow_down_past_the_retries_stops_the_job_and_resume_loses_nothing(tmp
             [*cmd, "--resume", out_dir.name], env=env, capture_output=True, text=True, timeout=600
         )
         assert resumed.returncode == 0, resumed.stderr
-        steps = read_jsonl(out_dir / "steps.jsonl")
-        assert len(steps) == 8
-        client = MlflowClient(server.uri)
-        children = client.search_runs(
-            [client.get_experiment_by_name("shieldtune").experiment_id],
-            f"tags.mlflow.parentRunId = '{out_dir.name}'",
-        )
-        by_episode = {int(r.data.tags["episode"]): r.info.run_id for r in children}
-        assert sorted(by_episode) == [0, 1]
-        for episode, run_id in by_episode.items():
-            logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_acc"))
-            expected = [
-                (r["step"], pytest.approx(r["val_acc"])) for r in steps if r["episode"] == episode
-            ]
-            assert logged == expected, episode
+        assert_every_step_logged_once(server, out_dir)
     finally:
         server.stop()

@@ -9,16 +9,7 @@ run tree, per-step metric histories, params, tags, artifacts, the model registry
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +27,10 @@ from shieldtune.tracking import CHAMPION_ALIAS
 from shieldtune.tuner import TuningSummary, run_tuning
 
 from .conftest import tiny_dict
+from .mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-SERVER_START_DEADLINE_S = 90.0
 #: A constraint that every trained model meets, so the final safety gate passes.
 EASY_SPEC = ["mia_advantage <= 0.9"]
 #: A constraint nothing meets: no feasible model, so nothing may be registered.
@@ -72,33 +63,6 @@ PARENT_FILES = ("config.yaml", "summary.json", "steps.jsonl", "shield_audit.json
 # --------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
-    try:
-        with opener.open(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server (it stops its own workers); SIGKILL its process group if it hangs."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-    # The server ran in its own session, so this group holds only its processes.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 @dataclass
 class Server:
     uri: str
@@ -108,54 +72,15 @@ class Server:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + SERVER_START_DEADLINE_S
-        while not _healthy(uri):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = (
-                    f"exited with status {proc.returncode}"
-                    if proc.poll() is not None
-                    else f"not healthy after {SERVER_START_DEADLINE_S:.0f} s"
-                )
-                pytest.fail(
-                    f"mlflow server {why}: {' '.join(cmd)}\n--- server output ---\n"
-                    f"{log_path.read_text(errors='replace')[-6000:]}",
-                    pytrace=False,
-                )
-            time.sleep(0.5)
-
+        server = MlflowServer(root).start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
         workdir = root / "work"
         workdir.mkdir()
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.setenv("MLFLOW_TRACKING_URI", server.uri)
             mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
             mp.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -163,13 +88,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             # Anything that ignored MLFLOW_TRACKING_URI would write ./mlflow.db here.
             mp.chdir(workdir)
             try:
-                yield Server(uri, workdir)
+                yield Server(server.uri, workdir)
             finally:
                 # Tracker.start() calls mlflow.set_tracking_uri(), a process-wide setting
                 # (it also writes os.environ, which the MonkeyPatch context restores).
                 mlflow.set_tracking_uri(None)
     finally:
-        _stop(proc)
+        server.stop()
 
 
 # --------------------------------------------------------------------------- jobs

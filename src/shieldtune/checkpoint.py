@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from shieldtune.errors import CheckpointError
+from shieldtune.errors import CheckpointError, is_existing_file
 
 MODEL_KIND = "shieldtune.model/v1"
 POLICY_KIND = "shieldtune.policy/v1"
@@ -40,11 +40,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
     """Load a file written by :func:`atomic_save` and check its ``kind`` tag."""
     path = Path(path)
-    try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name longer than the file system allows
-        is_file = False
-    if not is_file:
+    if not is_existing_file(path):
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

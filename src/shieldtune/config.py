@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from shieldtune.errors import ConfigError
+from shieldtune.errors import ConfigError, is_existing_file
 
 #: Where tuning jobs write their folders (one per run) unless tuner.output_dir says otherwise.
 DEFAULT_OUTPUT_DIR = "shieldtune-runs"
@@ -521,11 +521,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        try:
-            is_file = p.is_file()
-        except OSError:  # e.g. a name longer than the file system allows
-            is_file = False
-        if not is_file:
+        if not is_existing_file(p):
             raise ConfigError(
                 f"config file {_show(str(p))} does not exist; pass an existing YAML file"
             )

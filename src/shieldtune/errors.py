@@ -7,6 +7,8 @@ line and exits non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ShieldtuneError(Exception):
     """Base class for errors that are the user's to fix; the message says how."""
@@ -34,3 +36,12 @@ class ClusterError(ShieldtuneError):
 
 class TrackingError(ShieldtuneError):
     """The MLflow tracking server kept failing after bounded retries."""
+
+
+def is_existing_file(path: str | Path) -> bool:
+    """``Path.is_file`` that answers False instead of raising for a name the file system
+    cannot even look up (longer than its limit), so callers can report it in one line."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False

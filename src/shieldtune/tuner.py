@@ -35,7 +35,7 @@ from shieldtune.checkpoint import (
 from shieldtune.config import DEFAULT_OUTPUT_DIR, Config
 from shieldtune.data import MnistSplits, load_mnist
 from shieldtune.env import HyperparamEnv
-from shieldtune.errors import CheckpointError
+from shieldtune.errors import CheckpointError, is_existing_file
 from shieldtune.evaluation import safety_report
 from shieldtune.executor import StepExecutor, StepResult
 from shieldtune.model import build_model
@@ -327,11 +327,7 @@ def find_resume_state(output_dir: str | Path, run_id: str) -> dict[str, Any]:
     if not run_id or "/" in run_id or run_id in (".", "..") or not run_id.isprintable():
         raise CheckpointError(f"--resume {run_id!r} must be a run id (an output folder name)")
     path = Path(output_dir) / run_id / STATE_FILE
-    try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name longer than the file system allows
-        is_file = False
-    if not is_file:
+    if not is_existing_file(path):
         raise CheckpointError(
             f"no saved controller state for run {run_id} at {str(path)!r}; pass the run id "
             "printed by the interrupted job and the same tuner.output_dir"

@@ -46,7 +46,7 @@ import urllib3
 import yaml
 from kfp_server_api.exceptions import ApiException
 
-from shieldtune.errors import ConfigError, ShieldtuneError
+from shieldtune.errors import ConfigError, ShieldtuneError, is_existing_file
 
 log = logging.getLogger(__name__)
 
@@ -281,11 +281,7 @@ def _read_package(package_path: str | Path) -> _Package:
         raise ConfigError(
             f"pipeline package {str(path)!r} must be a compiled pipeline .yaml/.yml file"
         )
-    try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name longer than the file system allows
-        is_file = False
-    if not is_file:
+    if not is_existing_file(path):
         raise ConfigError(f"pipeline package {str(path)!r} does not exist; compile it first")
     data = path.read_bytes()
     try:
