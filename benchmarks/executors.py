@@ -40,11 +40,8 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import shutil
-import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import (
+    CONTENDED_CORES,
+    base_machine_info,
+    interrupt_on_term_and_hup,
+    markdown_table,
+    median,
+    own_cpu_seconds,
+    stderr_logger,
+    system_busy_seconds,
+)
 
 from shieldtune.backends import make_executor
 from shieldtune.config import Config, load_config
@@ -65,19 +72,9 @@ from shieldtune.process_executor import threads_per_worker
 # re-import this module, and a job started with the ``shieldtune`` command does not make its
 # workers import it either, so their start-up stays what a real job's is.
 
-#: A job counts as contended when other processes used more than this many cores on average.
-CONTENDED_CORES = 0.25
 #: Record fields that may differ between settings that compute the same thing.
 IGNORED_FIELDS = ("env_index",)
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[executors {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
+log = stderr_logger("executors")
 
 
 # --------------------------------------------------------------------------- settings + sizes
@@ -140,56 +137,17 @@ def setting_config(s: Setting, job: Sequence[str], output_dir: Path) -> Config:
     return load_config(None, overrides)
 
 
-# --------------------------------------------------------------------------- machine + contention
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# --------------------------------------------------------------------------- machine
 
 
 def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **base_machine_info(),
         "worker_threads_default": threads_per_worker(2),
         "python": platform.python_version(),
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_at_start": list(os.getloadavg()),
     }
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _system_busy_seconds() -> float:
-    """CPU seconds all processes on the machine used so far (user+nice+system+irq+steal)."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / _TICK
-
-
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and its reaped children (the pool's workers)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 # --------------------------------------------------------------------------- one job
@@ -243,10 +201,10 @@ def run_job(s: Setting, job: Sequence[str], splits: MnistSplits, scratch: Path) 
     cfg = setting_config(s, job, out)
     # The backend the config names, built as run_tuning would build it, wrapped for timing.
     executor = TimedExecutor(make_executor(cfg, splits, None))
-    busy0, own0, t0 = _system_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+    busy0, own0, t0 = system_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     summary = run_tuning(cfg, splits=splits, executor=executor)
     wall = time.perf_counter() - t0
-    busy1, own1 = _system_busy_seconds(), _own_cpu_seconds()
+    busy1, own1 = system_busy_seconds(), own_cpu_seconds()
     own = own1 - own0
     records = [
         json.loads(line)
@@ -308,12 +266,6 @@ def first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def summarise(
@@ -511,10 +463,6 @@ def per_repeat_table(runs: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller job, 2 repeats (~2 min)")
@@ -524,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
     sizes = Sizes.make(args.quick, args.repeats)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_term_and_hup()
 
     start = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="shieldtune-executors-"))

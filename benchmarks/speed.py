@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import pstats
-import resource
 import shutil
 import signal
 import socket
@@ -56,6 +55,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import (
+    CLOCK_TICKS,
+    CONTENDED_CORES,
+    base_machine_info,
+    interrupt_on_term_and_hup,
+    markdown_table,
+    median,
+    own_cpu_seconds,
+    stderr_logger,
+    system_busy_seconds,
+)
 
 from shieldtune.config import Config, DataConfig, ModelConfig, load_config
 from shieldtune.data import MnistSplits, Split, load_mnist
@@ -69,18 +79,8 @@ from shieldtune.tuner import run_tuning
 SETUP_METHODS = ("start", "log_model", "finish")
 S_TRAIN, S_STEP = "1. train_segment vs bare loop", "1b/c. environment step"
 S_MATMUL, S_ATTACKS = "2. matmul peak", "5. attacks"
-#: A part counts as contended when other processes used more than this many cores on average.
-CONTENDED_CORES = 0.25
 PER_STEP_METHODS = ("log_step", "start_episode", "end_episode")
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[speed {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
+log = stderr_logger("speed")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -117,49 +117,17 @@ class Sizes:
 # --------------------------------------------------------------------------- machine + contention
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     import mlflow
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **base_machine_info(),
         "mlflow": mlflow.__version__,
         "python": platform.python_version(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_at_start": os.getloadavg()[0],
         "mlflow_async_buffering_s": os.environ.get("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"),
     }
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _system_busy_seconds() -> float:
-    """CPU seconds all processes on the machine used so far (user+nice+system+irq+steal)."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -175,7 +143,7 @@ def _group_cpu_seconds(pgid: int) -> float:
             continue
         if int(rest[2]) == pgid:
             total += sum(int(x) for x in rest[11:15])
-    return total / _TICK
+    return total / CLOCK_TICKS
 
 
 class CpuMeter:
@@ -186,20 +154,17 @@ class CpuMeter:
         self.sections: list[dict[str, Any]] = []
 
     def _own(self) -> tuple[float, float]:
-        ru_self = resource.getrusage(resource.RUSAGE_SELF)
-        ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        own = ru_self.ru_utime + ru_self.ru_stime + ru_kids.ru_utime + ru_kids.ru_stime
         server = _group_cpu_seconds(self.server_pgid) if self.server_pgid else 0.0
-        return own, server
+        return own_cpu_seconds(), server
 
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[None]:
-        busy0, (own0, srv0), t0 = _system_busy_seconds(), self._own(), time.perf_counter()
+        busy0, (own0, srv0), t0 = system_busy_seconds(), self._own(), time.perf_counter()
         try:
             yield
         finally:
             wall = time.perf_counter() - t0
-            busy1, (own1, srv1) = _system_busy_seconds(), self._own()
+            busy1, (own1, srv1) = system_busy_seconds(), self._own()
             server = max(srv1 - srv0, 0.0)
             others = max(busy1 - busy0 - (own1 - own0) - server, 0.0)
             self.sections.append(
@@ -260,12 +225,6 @@ class Row:
             target,
             result,
         ]
-
-
-def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- row 1 + 2: training
@@ -1023,10 +982,6 @@ def _merge_sections(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats and smaller sizes (~4 min)")
@@ -1043,8 +998,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
     sizes = Sizes.make(args.quick, args.repeats)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_term_and_hup()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     start = time.perf_counter()
