@@ -525,17 +525,21 @@ def test_python_rendering_matches_kubectl_kustomize(kdir):
 
 
 # --------------------------------------------------------------------------------- RBAC
-def test_controller_role_grants_exactly_the_calls_the_controller_makes():
-    docs = base_docs()
-    role = find(docs, "Role", CONTROLLER_SA)
-    grants = {
+def role_grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) a Role's rules grant."""
+    return {
         (group, resource, verb)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    assert grants == CONTROLLER_GRANTS
+
+
+def test_controller_role_grants_exactly_the_calls_the_controller_makes():
+    docs = base_docs()
+    role = find(docs, "Role", CONTROLLER_SA)
+    assert role_grants(role) == CONTROLLER_GRANTS
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs"
     assert [d for d in docs if d["kind"] == "Role"] == [role], "the controller's is the only Role"

@@ -53,7 +53,7 @@ from shieldtune.workflow import pipelines as kfp_pipelines
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn
 from .test_executors import HYPER
-from .test_manifests import BASE, LOCAL, find, render, resource_docs
+from .test_manifests import BASE, LOCAL, find, render, resource_docs, role_grants
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_FILES = sorted((ROOT / "manifests").rglob("*.y*ml"))
@@ -280,20 +280,14 @@ def _api_calls_in_the_controller_code() -> set[tuple[str, str, str]]:
 
 def test_controller_role_covers_every_api_call_in_the_code_namespaced_and_nothing_else():
     """The calls are read from the code (AST): a new API call without RBAC, or a
-    cluster-wide one, fails here, and the Role may grant nothing on a resource the code
-    never touches. (test_manifests.py pins the exact grants.)"""
+    cluster-wide one, fails here, and the Role may grant nothing the code never calls.
+    (test_manifests.py pins the exact grants.)"""
     calls = _api_calls_in_the_controller_code()
     assert calls, "no Kubernetes API calls found: the AST scan is broken"
     docs = render(BASE)
-    role = find(docs, "Role", "shieldtune-controller")
-    grants = {
-        (g, r, v)
-        for rule in role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    }
+    grants = role_grants(find(docs, "Role", "shieldtune-controller"))
     assert calls <= grants, f"called but not granted: {calls - grants}"
+    assert grants <= calls, f"granted but never called: {grants - calls}"
     assert {(g, r) for g, r, _ in grants} == {(g, r) for g, r, _ in calls}
     assert {v for _, _, v in grants} <= {"create", "get", "list", "delete"}
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
