@@ -132,12 +132,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
+
+from .http_standin import StandInHandler
 
 __all__ = ["K8sApiStandIn", "RecordedRequest"]
 
@@ -620,43 +621,18 @@ class _Unschedulable(Exception):
 # HTTP server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StandInHandler):
     server: _Server
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean; the requests are recorded instead
-
     def _handle(self) -> None:
-        url = urlsplit(self.path)
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_request()
         body: Any = None
-        if raw:
+        if raw.body:
             try:
-                body = json.loads(raw)
+                body = json.loads(raw.body)
             except ValueError:
-                body = raw.decode("utf-8", "replace")
-        request = RecordedRequest(
-            method=self.command,
-            path=unquote(url.path),
-            query=dict(parse_qsl(url.query, keep_blank_values=True)),
-            headers={name.lower(): value for name, value in self.headers.items()},
-            body=body,
-        )
+                body = raw.body.decode("utf-8", "replace")
+        request = RecordedRequest(raw.method, raw.path, raw.query, raw.headers, body)
         standin = self.server.standin
         try:
             reply = standin.dispatch(request)
@@ -673,13 +649,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.dumps(reply.body).encode("utf-8")
         else:
             data = str(reply.body).encode("utf-8")
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(reply.status, data, reply.content_type, reply.headers)
 
 
 class _Server(ThreadingHTTPServer):

@@ -39,11 +39,12 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
+
+from .http_standin import StandInHandler
 
 API = "/apis/v2beta1"
 
@@ -230,38 +231,14 @@ def _page(field: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
     return {field: [_omit_unset(r) for r in resources], "total_size": len(resources)}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StandInHandler):
     server: _Server
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean; the requests are recorded instead
-
     def _handle(self) -> None:
-        url = urlsplit(self.path)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        content_type = self.headers.get("Content-Type", "")
-        request = RecordedRequest(
-            method=self.command,
-            path=unquote(url.path),
-            query=dict(parse_qsl(url.query, keep_blank_values=True)),
-            headers={name.lower(): value for name, value in self.headers.items()},
-            body=body,
-        )
+        raw = self.read_request()
+        body = raw.body
+        content_type = raw.headers.get("content-type", "")
+        request = RecordedRequest(raw.method, raw.path, raw.query, raw.headers, body)
         try:
             if content_type.startswith("multipart/form-data"):
                 files, form = _parse_multipart(content_type, body)
@@ -275,12 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as error:
             status, payload = error.status, error.body
         self.server.standin.record(dataclasses.replace(request, status=int(status)))
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(status, json.dumps(payload).encode("utf-8"))
 
 
 class _Server(ThreadingHTTPServer):
