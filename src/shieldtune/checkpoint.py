@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from shieldtune.errors import CheckpointError, is_existing_file
+from shieldtune.errors import CheckpointError, first_line, is_existing_file
 
 MODEL_KIND = "shieldtune.model/v1"
 POLICY_KIND = "shieldtune.policy/v1"
@@ -45,9 +45,9 @@ def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupted or not a safe weights-only file ({first[:160]})"
+            f"checkpoint {str(path)!r} is corrupted or not a safe weights-only file "
+            f"({first_line(exc, 160)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__

@@ -38,6 +38,14 @@ class TrackingError(ShieldtuneError):
     """The MLflow tracking server kept failing after bounded retries."""
 
 
+def first_line(value: object, limit: int = 200) -> str:
+    """The first non-empty line of ``str(value)`` (an exception, a server reply), at most
+    ``limit`` characters, for one-line error messages; the type's name if there is no text."""
+    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
+    text = lines[0] if lines else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def is_existing_file(path: str | Path) -> bool:
     """``Path.is_file`` that answers False instead of raising for a name the file system
     cannot even look up (longer than its limit), so callers can report it in one line."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shieldtune.checkpoint import atomic_save, safe_load
-from shieldtune.errors import CheckpointError, ConfigError, StepFailedError
+from shieldtune.errors import CheckpointError, ConfigError, StepFailedError, first_line
 from shieldtune.executor import StepRequest, StepResult, TrainState
 
 REQUEST_KIND = "shieldtune.step-request/v1"
@@ -86,8 +86,6 @@ class StepStore(Protocol):
 
     def get(self, step_id: str, name: str, kind: str) -> dict[str, Any]: ...
 
-    def exists(self, step_id: str, name: str) -> bool: ...
-
     def delete(self, step_id: str) -> None: ...
 
 
@@ -104,9 +102,6 @@ class DirStepStore:
 
     def get(self, step_id: str, name: str, kind: str) -> dict[str, Any]:
         return safe_load(self.root / step_id / name, kind)
-
-    def exists(self, step_id: str, name: str) -> bool:
-        return (self.root / step_id / name).is_file()
 
     def delete(self, step_id: str) -> None:
         shutil.rmtree(self.root / step_id, ignore_errors=True)
@@ -148,13 +143,9 @@ class MlflowStepStore:
             except Exception as exc:  # MlflowException, OSError, requests errors
                 raise CheckpointError(
                     f"step file steps/{step_id}/{name} of MLflow run {self.run_id} could not be "
-                    f"read ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+                    f"read ({first_line(exc, 160)})"
                 ) from None
             return safe_load(local, kind)
-
-    def exists(self, step_id: str, name: str) -> bool:
-        listed = self._client.list_artifacts(self.run_id, f"steps/{step_id}")
-        return any(Path(f.path).name == name for f in listed)
 
     def delete(self, step_id: str) -> None:
         """Kept on purpose (see the class docstring)."""

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from shieldtune.config import Config, flatten
-from shieldtune.errors import TrackingError
+from shieldtune.errors import TrackingError, first_line
 
 T = TypeVar("T")
 
@@ -327,8 +327,9 @@ def _retrying(call: Callable[[], T], uri: str, hint: str = RESUME_HINT) -> T:
     try:
         return call()
     except (MlflowException, OSError, requests.exceptions.RequestException) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow at {uri} failed after its retries ({first}); {hint}") from None
+        raise TrackingError(
+            f"MLflow at {uri} failed after its retries ({first_line(exc)}); {hint}"
+        ) from None
 
 
 def _torch_no_grad():

@@ -13,7 +13,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
-from shieldtune.errors import ClusterError
+from shieldtune.errors import ClusterError, first_line
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -50,9 +50,8 @@ def load_api_client(
             )
     except (config.ConfigException, OSError, ValueError, TypeError) as exc:
         how = "in-cluster service account" if in_cluster() else "kubeconfig"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(
-            f"cannot load Kubernetes credentials from the {how} ({first}); "
+            f"cannot load Kubernetes credentials from the {how} ({first_line(exc)}); "
             "set KUBECONFIG or kubernetes.context, or run inside a cluster"
         ) from None
     return client.ApiClient(configuration)

@@ -29,7 +29,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from shieldtune.config import Config
-from shieldtune.errors import ClusterError, StepFailedError
+from shieldtune.errors import ClusterError, StepFailedError, first_line
 from shieldtune.executor import StepRequest, StepResult
 from shieldtune.k8s.api import default_namespace, load_api_client
 from shieldtune.k8s.jobs import Owner, step_job, step_labels
@@ -267,4 +267,4 @@ class KubernetesStepExecutor:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return first_line(exc)

@@ -46,7 +46,7 @@ import urllib3
 import yaml
 from kfp_server_api.exceptions import ApiException
 
-from shieldtune.errors import ConfigError, ShieldtuneError, is_existing_file
+from shieldtune.errors import ConfigError, ShieldtuneError, first_line, is_existing_file
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _read_package(package_path: str | Path) -> _Package:
     # a 5000-digit int or 2020-13-45, AttributeError for `!!timestamp x`) escape unwrapped.
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError) as error:
         raise ConfigError(
-            f"pipeline package {str(path)!r} is not valid YAML: {_first_line(error)}"
+            f"pipeline package {str(path)!r} is not valid YAML: {first_line(error, _MAX_DETAIL)}"
         ) from error
     if not documents or not isinstance(documents[0], dict) or "pipelineInfo" not in documents[0]:
         raise ConfigError(
@@ -465,7 +465,7 @@ def _session(target: KfpTarget, action: str) -> Iterator[kfp.Client]:
         raise KfpError(
             _scrub(
                 f"cannot reach the KFP API at {target.host} while {action} "
-                f"({_first_line(cause)}); check --host / {ENV_HOST} and that it is up",
+                f"({first_line(cause, _MAX_DETAIL)}); check --host / {ENV_HOST} and that it is up",
                 target,
             )
         ) from None
@@ -479,7 +479,7 @@ def _describe_api_error(error: ApiException, target: KfpTarget, action: str) -> 
     if not error.status:  # no HTTP answer: kfp_server_api reports TLS errors as status 0
         return _scrub(
             f"cannot talk to the KFP API at {target.host} while {action}: "
-            f"{_first_line(error.reason)}",
+            f"{first_line(error.reason, _MAX_DETAIL)}",
             target,
         )
     message = f"KFP API at {target.host} answered HTTP {error.status} {error.reason or ''}"
@@ -503,15 +503,9 @@ def _error_detail(body: Any) -> str:
     if isinstance(parsed, dict):
         for key in ("error_details", "message", "error_message", "error"):
             if isinstance(parsed.get(key), str) and parsed[key].strip():
-                return _first_line(parsed[key])
+                return first_line(parsed[key], _MAX_DETAIL)
         return ""
-    return _first_line(body) if isinstance(body, str) else ""
-
-
-def _first_line(value: Any) -> str:
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    text = lines[0] if lines else type(value).__name__
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+    return first_line(body, _MAX_DETAIL) if isinstance(body, str) else ""
 
 
 def _scrub(message: str, target: KfpTarget) -> str:
