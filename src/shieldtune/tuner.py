@@ -148,7 +148,7 @@ class _Slot:
     run_id: str | None = None
     needs_reset: bool = False
     obs: np.ndarray | None = None
-    decision: Any = None
+    decision: ShieldDecision | None = None
     action: int = 0
     episode_return: float = 0.0
 
@@ -220,11 +220,10 @@ def _learn_from_step(
 ) -> bool:
     """Judge one trained segment, learn from the transition, log it; True if the episode ended."""
     env, obs, action, decision = slot.env, slot.obs, slot.action, slot.decision
-    used_before = env.samples_used
     next_obs, reward, terminated, truncated, info = env.complete_step(result)
     done = terminated or truncated
     job.global_step += 1
-    job.samples += info["samples_used"] - used_before
+    job.samples += result.samples
     job.retries += result.attempts - 1
     cost = float(info["cost"])
     with controller:
