@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from shieldtune.errors import ConfigError, is_existing_file
+from shieldtune.errors import ConfigError, first_line, is_existing_file
 
 #: Where tuning jobs write their folders (one per run) unless tuner.output_dir says otherwise.
 DEFAULT_OUTPUT_DIR = "shieldtune-runs"
@@ -473,22 +473,22 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     return cfg
 
 
-def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load``, with every way it fails on hostile text raised as ``YAMLError``.
+def load_yaml(text: str | bytes, *, all_documents: bool = False) -> Any:
+    """``yaml.safe_load`` (or every document, with ``all_documents``), with every way it
+    fails on hostile text raised as ``YAMLError``.
 
     PyYAML lets some input escape as other exceptions: deep nesting (RecursionError),
     integers too long for ``int()`` or impossible dates like ``2020-13-45`` (ValueError),
     ``!!timestamp x`` (AttributeError).
     """
     try:
-        return yaml.safe_load(text)
+        return list(yaml.safe_load_all(text)) if all_documents else yaml.safe_load(text)
     except yaml.YAMLError:
         raise
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-        detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise yaml.YAMLError(f"a value cannot be constructed: {detail}") from None
+        raise yaml.YAMLError(f"a value cannot be constructed: {first_line(exc, 100)}") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -501,7 +501,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not key or any(not p for p in parts):
         raise ConfigError(f"override {assignment!r} has an empty key; write section.key=value")
     try:
-        value = _load_yaml(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
         raise ConfigError(
@@ -526,7 +526,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"config file {_show(str(p))} does not exist; pass an existing YAML file"
             )
         try:
-            loaded = _load_yaml(p.read_text(encoding="utf-8"))
+            loaded = load_yaml(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

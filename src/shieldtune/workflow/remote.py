@@ -46,6 +46,7 @@ import urllib3
 import yaml
 from kfp_server_api.exceptions import ApiException
 
+from shieldtune.config import load_yaml
 from shieldtune.errors import ConfigError, ShieldtuneError, first_line, is_existing_file
 
 log = logging.getLogger(__name__)
@@ -285,10 +286,8 @@ def _read_package(package_path: str | Path) -> _Package:
         raise ConfigError(f"pipeline package {str(path)!r} does not exist; compile it first")
     data = path.read_bytes()
     try:
-        documents = list(yaml.safe_load_all(data))
-    # PyYAML lets deep nesting (RecursionError) and values it cannot construct (ValueError for
-    # a 5000-digit int or 2020-13-45, AttributeError for `!!timestamp x`) escape unwrapped.
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError) as error:
+        documents = load_yaml(data, all_documents=True)
+    except yaml.YAMLError as error:
         raise ConfigError(
             f"pipeline package {str(path)!r} is not valid YAML: {first_line(error, _MAX_DETAIL)}"
         ) from error
