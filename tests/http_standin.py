@@ -1,4 +1,5 @@
-"""What the test stand-ins for HTTP APIs (KFP, Kubernetes) share: the request handler frame.
+"""What the test stand-ins for HTTP APIs (KFP, Kubernetes) share: the request handler frame
+and the log of requests a test inspects.
 
 Each stand-in routes every request through one ``_handle`` method and records requests itself,
 so the verbs, the parsing of the request line and the writing of a reply live here once.
@@ -6,11 +7,12 @@ so the verbs, the parsing of the request line and the writing of a reply live he
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 
@@ -73,3 +75,33 @@ class StandInHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+class _Request(Protocol):
+    method: str
+    path: str
+
+
+R = TypeVar("R", bound=_Request)
+
+
+class RequestLog(Generic[R]):
+    """Every request a stand-in received, for tests to inspect (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._requests: list[R] = []
+
+    def record(self, request: R) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    @property
+    def requests(self) -> list[R]:
+        """Every request received so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, method: str, path: str) -> list[R]:
+        """The requests with this method and exact path (e.g. ``/apis/v2beta1/runs``)."""
+        return [r for r in self.requests if r.method == method and r.path == path]

@@ -138,7 +138,7 @@ from typing import Any
 
 import yaml
 
-from .http_standin import StandInHandler
+from .http_standin import RequestLog, StandInHandler
 
 __all__ = ["K8sApiStandIn", "RecordedRequest"]
 
@@ -669,7 +669,7 @@ _NAME = r"(?P<name>[^/]+)"
 # the stand-in
 
 
-class K8sApiStandIn:
+class K8sApiStandIn(RequestLog[RecordedRequest]):
     """A fake Kubernetes API server on 127.0.0.1 that runs Job pods as local processes.
 
     Use it as a context manager (or ``start()``/``stop()``); leaving it kills every pod
@@ -702,6 +702,7 @@ class K8sApiStandIn:
         extra_env: dict[str, str] | None = None,
         host_paths: Iterable[Path] = (),
     ) -> None:
+        super().__init__()
         self.workdir = Path(workdir).resolve()
         self.token = token
         self.volumes: dict[str, Path] = {k: Path(v) for k, v in (volumes or {}).items()}
@@ -714,10 +715,8 @@ class K8sApiStandIn:
         self.errors: list[str] = []
         self._jobs: dict[str, _JobRun] = {}  # by uid, in creation order
         self._pods: dict[tuple[str, str], _PodRun] = {}  # by (namespace, name)
-        self._requests: list[RecordedRequest] = []
         self._fingerprints: dict[str, str] = {}
         self._resource_version = 1000
-        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._server: _Server | None = None
@@ -833,16 +832,6 @@ class K8sApiStandIn:
 
     # -- what tests look at ------------------------------------------------------------------
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
-        """The requests with this method and exact path."""
-        return [r for r in self.requests if r.method == method and r.path == path]
-
     def jobs(self, namespace: str | None = None) -> list[Json]:
         """The current Job objects (deep copies), in creation order."""
         with self._lock:
@@ -895,10 +884,6 @@ class K8sApiStandIn:
             time.sleep(0.02)
 
     # -- request plumbing --------------------------------------------------------------------
-
-    def record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     def dispatch(self, request: RecordedRequest) -> _Reply:
         """Authenticates a request and runs the handler for its route."""

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from .http_standin import StandInHandler
+from .http_standin import RequestLog, StandInHandler
 
 API = "/apis/v2beta1"
 
@@ -266,7 +266,7 @@ class _Server(ThreadingHTTPServer):
 Route = tuple[str, re.Pattern[str], Callable[..., dict[str, Any]]]
 
 
-class KfpStandIn:
+class KfpStandIn(RequestLog[RecordedRequest]):
     """A fake KFP API server on 127.0.0.1 (ephemeral port), served from a background thread.
 
     Use it as a context manager, or call ``start()`` and ``stop()``. ``url`` is the value for
@@ -276,14 +276,13 @@ class KfpStandIn:
     """
 
     def __init__(self, *, multi_user: bool = False) -> None:
+        super().__init__()
         self.multi_user = multi_user
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, dict[str, Any]] = {}
         self.experiments: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.recurring_runs: dict[str, dict[str, Any]] = {}
-        self._requests: list[RecordedRequest] = []
-        self._lock = threading.RLock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes: list[Route] = [
@@ -353,16 +352,6 @@ class KfpStandIn:
 
     # -- what tests look at ----------------------------------------------------------------
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
-        """The requests with this method and exact path (e.g. ``/apis/v2beta1/runs``)."""
-        return [r for r in self.requests if r.method == method and r.path == path]
-
     def last_request(self, method: str, path: str) -> RecordedRequest:
         matching = self.requests_to(method, path)
         if not matching:
@@ -379,10 +368,6 @@ class KfpStandIn:
                 run["finished_at"] = _now()
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     def dispatch(self, request: RecordedRequest) -> dict[str, Any]:
         """Runs the handler for a request's route (under the state lock)."""
