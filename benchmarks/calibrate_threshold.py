@@ -20,8 +20,8 @@ import statistics
 
 from shieldtune.config import load_config
 from shieldtune.data import load_mnist
-from shieldtune.executor import LocalStepExecutor, StepRequest
-from shieldtune.training import fixed_hyperparameters
+from shieldtune.executors.local import LocalStepExecutor, StepRequest
+from shieldtune.training.segment import fixed_hyperparameters
 
 LEARNING_RATES = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4]
 BATCH_SIZES = [16, 32, 64, 128, 256]

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 
 from shieldtune.config import Config, load_config
+from shieldtune.control.tuner import run_tuning
 from shieldtune.data import MnistSplits, load_mnist
-from shieldtune.evaluation import safety_report
-from shieldtune.executor import LocalStepExecutor, StepRequest, TrainState
+from shieldtune.executors.local import LocalStepExecutor, StepRequest, TrainState
 from shieldtune.model import build_model
-from shieldtune.safety import parse_constraints, spec_cost
-from shieldtune.training import fixed_hyperparameters
-from shieldtune.tuner import run_tuning
+from shieldtune.safety.spec import parse_constraints, spec_cost
+from shieldtune.safety.suite import safety_report
+from shieldtune.training.segment import fixed_hyperparameters
 
 WITHIN = 0.005  # "within 0.5 percentage points of the final best"
 

@@ -62,15 +62,15 @@ from common import (
     system_busy_seconds,
 )
 
-from shieldtune.backends import make_executor
 from shieldtune.config import Config, load_config
 from shieldtune.data import MnistSplits, load_mnist
-from shieldtune.executor import StepExecutor, StepRequest, StepResult
-from shieldtune.process_executor import threads_per_worker
+from shieldtune.executors.factory import make_executor
+from shieldtune.executors.local import StepExecutor, StepRequest, StepResult
+from shieldtune.executors.process import threads_per_worker
 
-# ``shieldtune.tuner`` (which pulls in mlflow) is imported inside run_job: spawned pool workers
-# re-import this module, and a job started with the ``shieldtune`` command does not make its
-# workers import it either, so their start-up stays what a real job's is.
+# ``shieldtune.control.tuner`` (which pulls in mlflow) is imported inside run_job: spawned pool
+# workers re-import this module, and a job started with the ``shieldtune`` command does not make
+# its workers import it either, so their start-up stays what a real job's is.
 
 #: Record fields that may differ between settings that compute the same thing.
 IGNORED_FIELDS = ("env_index",)
@@ -195,7 +195,7 @@ def digest(records: list[dict[str, Any]]) -> str:
 
 
 def run_job(s: Setting, job: Sequence[str], splits: MnistSplits, scratch: Path) -> dict[str, Any]:
-    from shieldtune.tuner import run_tuning
+    from shieldtune.control.tuner import run_tuning
 
     out = Path(tempfile.mkdtemp(prefix=f"{s.key}-", dir=scratch))
     cfg = setting_config(s, job, out)

@@ -68,13 +68,13 @@ from common import (
 )
 
 from shieldtune.config import Config, DataConfig, ModelConfig, load_config
+from shieldtune.control.tuner import run_tuning
 from shieldtune.data import MnistSplits, Split, load_mnist
-from shieldtune.executor import LocalStepExecutor, StepRequest
+from shieldtune.executors.local import LocalStepExecutor, StepRequest
 from shieldtune.model import build_model, count_flops_per_sample
-from shieldtune.safety import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
-from shieldtune.tracking import Tracker
-from shieldtune.training import fixed_hyperparameters, make_optimizer, train_segment
-from shieldtune.tuner import run_tuning
+from shieldtune.safety.attacks import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
+from shieldtune.tracking.tracker import Tracker
+from shieldtune.training.segment import fixed_hyperparameters, make_optimizer, train_segment
 
 SETUP_METHODS = ("start", "log_model", "finish")
 S_TRAIN, S_STEP = "1. train_segment vs bare loop", "1b/c. environment step"

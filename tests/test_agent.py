@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shieldtune.agent import DQNAgent
 from shieldtune.config import AgentConfig
+from shieldtune.control.agent import DQNAgent
 
 
 def one_hot(i: int, n: int) -> np.ndarray:

@@ -36,7 +36,7 @@ DOCKER = ROOT / "docker"
 FLAVORS = ("cpu", "cuda")
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# The pods' securityContext (manifests/, src/shieldtune/k8s): runAsUser/runAsGroup
+# The pods' securityContext (manifests/, src/shieldtune/executors/kubernetes): runAsUser/runAsGroup
 # 10001, runAsNonRoot, read-only root filesystem, an emptyDir at /tmp.
 UID = 10001
 WRITABLE = "/tmp"
@@ -425,7 +425,7 @@ def test_oci_labels_name_the_project_version_and_revision(flavor):
 
 
 def test_default_pipeline_image_is_the_cpu_image_tag():
-    tree = ast.parse((ROOT / "src/shieldtune/workflow/__init__.py").read_text())
+    tree = ast.parse((ROOT / "src/shieldtune/pipeline/__init__.py").read_text())
     default = next(
         node.value.value
         for node in tree.body

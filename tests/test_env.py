@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 import shieldtune  # noqa: F401  (registers shieldtune/Hyperparam-v0)
 from shieldtune.config import config_from_dict
-from shieldtune.env import ENV_ID, HyperparamEnv
+from shieldtune.control.env import ENV_ID, HyperparamEnv
 
 from .conftest import tiny_dict
 from .scripted import ScriptedExecutor, metrics

@@ -10,17 +10,17 @@ import torch
 
 from shieldtune.cli import main
 from shieldtune.config import config_from_dict
+from shieldtune.control.tuner import run_tuning
 from shieldtune.errors import StepFailedError
-from shieldtune.executor import LocalStepExecutor, StepRequest, StepResult, TrainState
-from shieldtune.process_executor import ProcessStepExecutor, threads_per_worker
-from shieldtune.step_io import (
+from shieldtune.executors.local import LocalStepExecutor, StepRequest, StepResult, TrainState
+from shieldtune.executors.process import ProcessStepExecutor, threads_per_worker
+from shieldtune.executors.step_files import (
     REQUEST_FILE,
     RESULT_FILE,
     DirStepStore,
     read_result,
     request_payload,
 )
-from shieldtune.tuner import run_tuning
 
 from .conftest import tiny_dict
 from .test_tuner import read_jsonl, tiny

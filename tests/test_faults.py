@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from shieldtune.config import config_from_dict
-from shieldtune.tuner import run_tuning
+from shieldtune.control.tuner import run_tuning
 
 from .conftest import tiny_cli_args
 from .k8s_standin import K8sApiStandIn

@@ -29,7 +29,7 @@ from shieldtune import config as config_module
 from shieldtune.cli import main
 from shieldtune.config import Config, apply_override, config_from_dict, load_config
 from shieldtune.errors import ConfigError, ShieldtuneError
-from shieldtune.workflow import remote
+from shieldtune.pipeline import remote
 
 FUZZ = settings(
     max_examples=150,
@@ -517,24 +517,24 @@ def cli_sandbox(tmp_path, monkeypatch):
     import gymnasium.utils.env_checker
     import torch
 
-    import shieldtune.env
-    import shieldtune.executor
-    import shieldtune.step_io
-    import shieldtune.tuner
-    import shieldtune.workflow.local_run
-    import shieldtune.workflow.pipelines
+    import shieldtune.control.env
+    import shieldtune.control.tuner
+    import shieldtune.executors.local
+    import shieldtune.executors.step_files
+    import shieldtune.pipeline.local_run
+    import shieldtune.pipeline.pipelines
 
     monkeypatch.chdir(tmp_path)
     for var in ("KFP_HOST", "KFP_NAMESPACE", "KFP_BEARER_TOKEN", "KFP_EXPERIMENT"):
         monkeypatch.delenv(var, raising=False)
     for module, name in [
-        (shieldtune.tuner, "run_tuning"),
-        (shieldtune.env, "HyperparamEnv"),
+        (shieldtune.control.tuner, "run_tuning"),
+        (shieldtune.control.env, "HyperparamEnv"),
         (gymnasium.utils.env_checker, "check_env"),
-        (shieldtune.executor, "LocalStepExecutor"),
-        (shieldtune.step_io, "MlflowStepStore"),
-        (shieldtune.workflow.local_run, "run_local"),
-        (shieldtune.workflow.pipelines, "compile_all"),
+        (shieldtune.executors.local, "LocalStepExecutor"),
+        (shieldtune.executors.step_files, "MlflowStepStore"),
+        (shieldtune.pipeline.local_run, "run_local"),
+        (shieldtune.pipeline.pipelines, "compile_all"),
         (remote, "upload"),
         (remote, "run"),
         (remote, "schedule"),

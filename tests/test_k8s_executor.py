@@ -18,13 +18,13 @@ import kubernetes_validate
 import pytest
 
 from shieldtune.config import config_from_dict
+from shieldtune.control.tuner import run_tuning
 from shieldtune.errors import ClusterError, StepFailedError
-from shieldtune.executor import LocalStepExecutor, StepRequest
-from shieldtune.k8s.api import default_namespace, load_api_client
-from shieldtune.k8s.executor import KubernetesStepExecutor, cpu_threads
-from shieldtune.k8s.jobs import Owner, label_value, step_job, step_labels
-from shieldtune.step_io import DirStepStore
-from shieldtune.tuner import run_tuning
+from shieldtune.executors.kubernetes.api import default_namespace, load_api_client
+from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor, cpu_threads
+from shieldtune.executors.kubernetes.jobs import Owner, label_value, step_job, step_labels
+from shieldtune.executors.local import LocalStepExecutor, StepRequest
+from shieldtune.executors.step_files import DirStepStore
 
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn
@@ -327,7 +327,7 @@ def test_step_files_can_travel_as_mlflow_artifacts_of_the_tuning_run(
     """The default transport: no shared volume, the pod reads and writes the run's artifacts."""
     from mlflow.tracking import MlflowClient
 
-    from shieldtune.step_io import MlflowStepStore
+    from shieldtune.executors.step_files import MlflowStepStore
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -51,7 +51,7 @@ MLFLOW_SECRET = "shieldtune-mlflow"
 POD_LABELS = {"app.kubernetes.io/name": "shieldtune", "app.kubernetes.io/part-of": "shieldtune"}
 COMPONENTS = {"mlflow", "controller", "step"}
 
-# What the controller code calls on the API (src/shieldtune/k8s): nothing more.
+# What the controller code calls on the API (src/shieldtune/executors/kubernetes): nothing more.
 CONTROLLER_GRANTS = {
     ("batch", "jobs", "create"),
     ("batch", "jobs", "get"),

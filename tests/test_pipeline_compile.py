@@ -7,7 +7,7 @@ import pytest
 import yaml
 from kfp import components
 
-from shieldtune.workflow.pipelines import COMPONENT_NAMES, compile_all
+from shieldtune.pipeline.pipelines import COMPONENT_NAMES, compile_all
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKED_IN = [REPO / "pipelines" / f"{n}.yaml" for n in ("tuning_pipeline", "retune_pipeline")] + [

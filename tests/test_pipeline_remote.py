@@ -1,4 +1,4 @@
-"""shieldtune.workflow.remote against the KFP stand-in, through the real ``kfp.Client``.
+"""shieldtune.pipeline.remote against the KFP stand-in, through the real ``kfp.Client``.
 
 No ``from __future__ import annotations`` here: kfp reads the component's annotations as
 real types, and string annotations make ``@dsl.component`` fail.
@@ -16,8 +16,8 @@ import pytest
 from kfp import compiler, dsl
 
 from shieldtune.errors import ConfigError, ShieldtuneError
-from shieldtune.workflow import remote
-from shieldtune.workflow.remote import KfpError, KfpTarget, UploadResult
+from shieldtune.pipeline import remote
+from shieldtune.pipeline.remote import KfpError, KfpTarget, UploadResult
 
 from .kfp_standin import ApiError, KfpStandIn
 
@@ -292,7 +292,7 @@ def test_without_namespace_the_client_checks_healthz_once(server, package):
 
 
 def test_kfp_details_links_are_logged_not_printed(server, target, package, capsys, caplog):
-    with caplog.at_level(logging.INFO, logger="shieldtune.workflow.remote"):
+    with caplog.at_level(logging.INFO, logger="shieldtune.pipeline.remote"):
         remote.run(target, package, PIPELINE, {})
 
     assert capsys.readouterr().out == ""

@@ -19,20 +19,9 @@ from torch import nn
 from shieldtune import safety
 from shieldtune.errors import ConfigError
 from shieldtune.model import SmallCNN
-from shieldtune.safety import (
-    SAFETY_METRICS,
-    Constraint,
-    accuracy,
-    fgsm,
-    fgsm_robust_accuracy,
-    loss_threshold_attack,
-    membership_inference,
-    parse_constraints,
-    per_sample_loss,
-    pgd,
-    pgd_robust_accuracy,
-    spec_cost,
-)
+from shieldtune.safety.attacks import accuracy, fgsm, fgsm_robust_accuracy, pgd, pgd_robust_accuracy
+from shieldtune.safety.privacy import loss_threshold_attack, membership_inference, per_sample_loss
+from shieldtune.safety.spec import SAFETY_METRICS, Constraint, parse_constraints, spec_cost
 
 EPS = 0.1
 # Float32 slack for "within eps of x" checks: x + eps is rounded to float32.

@@ -10,7 +10,7 @@ Secrets or the environment, never from YAML, parameters, tags or logs.
 (labels, uid, wiring). This module applies one contract to every source of pods:
 
 * the objects under ``manifests/`` (base, the rendered local overlay, examples),
-* the step Jobs ``shieldtune.k8s.jobs.step_job`` builds (volume / mlflow transport,
+* the step Jobs ``shieldtune.executors.kubernetes.jobs.step_job`` builds (volume / mlflow transport,
   with and without a GPU) and the Jobs the executor really POSTs,
 * the compiled pipeline YAML (``pipelines/*.yaml``): KFP can express only part of the
   contract for its task pods; what it cannot is pinned here and documented in
@@ -44,11 +44,11 @@ from mlflow.tracking import MlflowClient
 from shieldtune.cli import main
 from shieldtune.config import config_from_dict
 from shieldtune.errors import StepFailedError
-from shieldtune.executor import StepRequest
-from shieldtune.k8s.executor import KubernetesStepExecutor
-from shieldtune.k8s.jobs import RUN_AS, SCRATCH, Owner, step_job, step_labels
-from shieldtune.step_io import DirStepStore
-from shieldtune.workflow import pipelines as kfp_pipelines
+from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
+from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH, Owner, step_job, step_labels
+from shieldtune.executors.local import StepRequest
+from shieldtune.executors.step_files import DirStepStore
+from shieldtune.pipeline import pipelines as kfp_pipelines
 
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn
@@ -60,7 +60,7 @@ MANIFEST_FILES = sorted((ROOT / "manifests").rglob("*.y*ml"))
 PIPELINE_FILES = sorted((ROOT / "pipelines").glob("*.yaml"))
 COMPONENT_FILES = sorted((ROOT / "components").glob("*/component.yaml"))
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
-K8S_SOURCES = sorted((ROOT / "src" / "shieldtune" / "k8s").glob("*.py"))
+K8S_SOURCES = sorted((ROOT / "src" / "shieldtune" / "executors" / "kubernetes").glob("*.py"))
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
 #: Secrets the project references by name (a name is not a credential).
@@ -264,7 +264,7 @@ API_VERBS |= {"patch": "patch", "replace": "update", "watch": "watch"}
 
 
 def _api_calls_in_the_controller_code() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of every ``kubernetes.client`` call in src/shieldtune/k8s."""
+    """(group, resource, verb) of every ``kubernetes.client`` call in the kubernetes executor."""
     calls = set()
     for path in K8S_SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from shieldtune.config import ShieldConfig
-from shieldtune.replay import ReplayBuffer
-from shieldtune.shield import SafetyShield
+from shieldtune.control.replay import ReplayBuffer
+from shieldtune.control.shield import SafetyShield
 
 
 def shield_with_costs(costs: list[float], **cfg) -> SafetyShield:

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 import shieldtune
 from shieldtune import cli
 from shieldtune.config import Config, config_from_dict, flatten
-from shieldtune.tracking import CHAMPION_ALIAS
-from shieldtune.tuner import TuningSummary, run_tuning
+from shieldtune.control.tuner import TuningSummary, run_tuning
+from shieldtune.tracking.tracker import CHAMPION_ALIAS
 
 from .conftest import tiny_dict
 from .mlflow_server import MlflowServer

@@ -8,7 +8,7 @@ import torch
 
 from shieldtune.config import ModelConfig, TrainingConfig
 from shieldtune.model import build_model
-from shieldtune.training import fixed_hyperparameters, make_optimizer, train_segment
+from shieldtune.training.segment import fixed_hyperparameters, make_optimizer, train_segment
 
 CFG = ModelConfig(conv1_channels=4, conv2_channels=8, hidden=32)
 

@@ -10,8 +10,8 @@ import torch
 
 from shieldtune.checkpoint import MODEL_KIND, safe_load
 from shieldtune.config import config_from_dict
-from shieldtune.safety import parse_constraints, spec_cost
-from shieldtune.tuner import run_tuning
+from shieldtune.control.tuner import run_tuning
+from shieldtune.safety.spec import parse_constraints, spec_cost
 
 from .conftest import tiny_dict
 from .scripted import ScriptedExecutor, metrics

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from shieldtune.config import Config, load_config
-from shieldtune.env import ENV_ID, register
+from shieldtune.control.env import ENV_ID, register
 
 try:
     __version__ = version("shieldtune")
@@ -25,12 +25,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 register()
 
 if TYPE_CHECKING:
-    from shieldtune.tuner import TuningSummary
+    from shieldtune.control.tuner import TuningSummary
 
 
 def tune(config: Config) -> TuningSummary:
-    """Run a whole tuning job (see :func:`shieldtune.tuner.run_tuning`)."""
-    from shieldtune.tuner import run_tuning
+    """Run a whole tuning job (see :func:`shieldtune.control.tuner.run_tuning`)."""
+    from shieldtune.control.tuner import run_tuning
 
     return run_tuning(config)
 

@@ -66,7 +66,7 @@ def save_model_checkpoint(
 
     ``config`` is the job's whole config, so evaluation can rebuild the model and
     splits; ``schedule`` is ``{"init_seed": int, "segments": [...]}``, enough to
-    retrain the same weights (see :func:`shieldtune.stages.replay_schedule`).
+    retrain the same weights (see :func:`shieldtune.pipeline.stages.replay_schedule`).
     """
     return atomic_save(
         {

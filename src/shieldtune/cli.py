@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(check)
 
-    from shieldtune.workflow.cli import add_pipeline_parser
+    from shieldtune.pipeline.cli import add_pipeline_parser
 
     add_pipeline_parser(sub)
     return parser
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
-    from shieldtune.tuner import find_resume_state, run_tuning
+    from shieldtune.control.tuner import find_resume_state, run_tuning
 
     cfg = load_config(args.config, args.overrides)
     if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
@@ -125,7 +125,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         )
     print(f"outputs: {s.output_dir}")
     if s.tracking_uri:
-        from shieldtune.tracking import ui_hint
+        from shieldtune.tracking.tracker import ui_hint
 
         print(f"MLflow: run {s.mlflow_run_id} in {s.tracking_uri}")
         if s.registered_model:
@@ -157,7 +157,7 @@ def _resumed_config(given: Config, saved: dict, *, given_explicitly: bool = Fals
 def _checkpoint_from_model_uri(uri: str) -> Path:
     import mlflow
 
-    from shieldtune.tracking import default_tracking_uri
+    from shieldtune.tracking.tracker import default_tracking_uri
 
     if not uri.startswith("models:/"):
         raise CheckpointError(
@@ -177,8 +177,8 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.config import apply_override, config_from_dict, load_config
     from shieldtune.data import load_mnist
-    from shieldtune.evaluation import safety_report
-    from shieldtune.stages import load_model
+    from shieldtune.pipeline.stages import load_model
+    from shieldtune.safety.suite import safety_report
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
@@ -201,7 +201,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_step(args: argparse.Namespace) -> int:
     import re
 
-    from shieldtune.step_io import open_store, run_stored_step
+    from shieldtune.executors.step_files import open_store, run_stored_step
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", args.step_id):
         raise ConfigError(
@@ -219,7 +219,7 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
     from gymnasium.utils.env_checker import check_env
 
     from shieldtune.config import load_config
-    from shieldtune.env import HyperparamEnv
+    from shieldtune.control.env import HyperparamEnv
 
     env = HyperparamEnv(load_config(args.config, args.overrides))
     check_env(env, skip_render_check=True)
@@ -231,7 +231,7 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from shieldtune.workflow.cli import cmd_pipeline
+    from shieldtune.pipeline.cli import cmd_pipeline
 
     return cmd_pipeline(args)
 

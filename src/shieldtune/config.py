@@ -435,7 +435,7 @@ def _check_cross_field(cfg: Config) -> None:
                 f"data.{size_key} = {size}; lower it or enlarge the split"
             )
     _check_executor(cfg)
-    from shieldtune.safety import parse_constraints  # local import: safety imports torch
+    from shieldtune.safety.spec import parse_constraints
 
     parse_constraints(cfg.safety.constraints)
 

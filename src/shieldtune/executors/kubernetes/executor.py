@@ -30,10 +30,10 @@ from kubernetes.client.exceptions import ApiException
 
 from shieldtune.config import Config
 from shieldtune.errors import ClusterError, StepFailedError, first_line
-from shieldtune.executor import StepRequest, StepResult
-from shieldtune.k8s.api import default_namespace, load_api_client
-from shieldtune.k8s.jobs import Owner, step_job, step_labels
-from shieldtune.step_io import REQUEST_FILE, StepStore, read_result, request_payload
+from shieldtune.executors.kubernetes.api import default_namespace, load_api_client
+from shieldtune.executors.kubernetes.jobs import Owner, step_job, step_labels
+from shieldtune.executors.local import StepRequest, StepResult
+from shieldtune.executors.step_files import REQUEST_FILE, StepStore, read_result, request_payload
 
 #: Consecutive failed API calls tolerated while polling before the job gives up.
 MAX_API_ERRORS = 5
@@ -77,7 +77,7 @@ def _safe_tracking_uri() -> str | None:
     """The controller's MLflow URI for the pods, unless it embeds credentials."""
     from urllib.parse import urlsplit
 
-    from shieldtune.tracking import default_tracking_uri
+    from shieldtune.tracking.tracker import default_tracking_uri
 
     uri = default_tracking_uri()
     return None if urlsplit(uri).password or "@" in urlsplit(uri).netloc else uri

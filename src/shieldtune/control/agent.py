@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from shieldtune.config import AgentConfig
-from shieldtune.networks import mlp
-from shieldtune.replay import ReplayBuffer
+from shieldtune.control.networks import mlp
+from shieldtune.control.replay import ReplayBuffer
 from shieldtune.rng import rng_state, set_rng_state
 
 

@@ -23,8 +23,6 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from shieldtune.agent import DQNAgent
-from shieldtune.backends import make_executor
 from shieldtune.checkpoint import (
     POLICY_KIND,
     atomic_save,
@@ -33,15 +31,17 @@ from shieldtune.checkpoint import (
     save_policy,
 )
 from shieldtune.config import DEFAULT_OUTPUT_DIR, Config
+from shieldtune.control.agent import DQNAgent
+from shieldtune.control.env import HyperparamEnv
+from shieldtune.control.shield import SafetyShield, ShieldDecision
 from shieldtune.data import MnistSplits, load_mnist
-from shieldtune.env import HyperparamEnv
 from shieldtune.errors import CheckpointError, is_existing_file
-from shieldtune.evaluation import safety_report
-from shieldtune.executor import StepExecutor, StepResult
+from shieldtune.executors.factory import make_executor
+from shieldtune.executors.local import StepExecutor, StepResult
 from shieldtune.model import build_model
-from shieldtune.plots import plot_steps
-from shieldtune.shield import SafetyShield, ShieldDecision
-from shieldtune.tracking import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.safety.suite import safety_report
+from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.tracking.plots import plot_steps
 
 
 @dataclass

@@ -64,7 +64,7 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_image(p: argparse.ArgumentParser) -> None:
-    from shieldtune.workflow import DEFAULT_BASE_IMAGE
+    from shieldtune.pipeline import DEFAULT_BASE_IMAGE
 
     p.add_argument(
         "--base-image",
@@ -86,7 +86,7 @@ def pipeline_params(cfg: Config, pipeline: str) -> dict[str, Any]:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from shieldtune.workflow.pipelines import compile_all
+    from shieldtune.pipeline.pipelines import compile_all
 
     if args.action == "compile":
         for path in compile_all(Path(args.output_dir), args.base_image):
@@ -95,14 +95,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     params = pipeline_params(cfg, args.pipeline)
     if args.action == "run" and args.local:
-        from shieldtune.tracking import default_tracking_uri, ui_hint
-        from shieldtune.workflow.local_run import run_local
+        from shieldtune.pipeline.local_run import run_local
+        from shieldtune.tracking.tracker import default_tracking_uri, ui_hint
 
         run_local(args.pipeline, params, Path(args.workdir))
         print(f"pipeline {args.pipeline} finished; artifacts under {args.workdir}/local_outputs")
         print(f"MLflow: {default_tracking_uri()}; browse: {ui_hint(default_tracking_uri())}")
         return 0
-    from shieldtune.workflow import remote
+    from shieldtune.pipeline import remote
 
     target = remote.KfpTarget.from_env(args.host, args.namespace, args.token, args.experiment)
     name = args.name or f"shieldtune-{args.pipeline.replace('_', '-')}"
@@ -126,6 +126,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _compile_one(args: argparse.Namespace, out: Path) -> Path:
-    from shieldtune.workflow.pipelines import compile_all
+    from shieldtune.pipeline.pipelines import compile_all
 
     return next(p for p in compile_all(out, args.base_image) if p.stem == args.pipeline)

@@ -12,14 +12,9 @@ from torch import nn
 
 from shieldtune.config import SafetyConfig
 from shieldtune.data import MnistSplits
-from shieldtune.safety import (
-    accuracy,
-    fgsm_robust_accuracy,
-    membership_inference,
-    parse_constraints,
-    pgd_robust_accuracy,
-    spec_cost,
-)
+from shieldtune.safety.attacks import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
+from shieldtune.safety.privacy import membership_inference
+from shieldtune.safety.spec import parse_constraints, spec_cost
 
 
 def safety_report(

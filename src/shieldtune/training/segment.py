@@ -18,7 +18,7 @@ from torch import nn
 
 from shieldtune.config import TrainingConfig
 from shieldtune.data import Split
-from shieldtune.safety import fgsm
+from shieldtune.safety.attacks import fgsm
 
 #: Check for divergence every this many batches (a check syncs, so not every batch).
 _DIVERGENCE_CHECK_EVERY = 16

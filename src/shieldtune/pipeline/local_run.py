@@ -13,8 +13,8 @@ from typing import Any
 
 from kfp import local
 
-from shieldtune.tracking import default_tracking_uri
-from shieldtune.workflow.pipelines import build_pipelines
+from shieldtune.pipeline.pipelines import build_pipelines
+from shieldtune.tracking.tracker import default_tracking_uri
 
 
 def run_local(pipeline: str, params: dict[str, Any], workdir: Path) -> Any:

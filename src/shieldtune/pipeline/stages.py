@@ -27,10 +27,10 @@ from shieldtune.checkpoint import (
 from shieldtune.config import Config, apply_override, config_from_dict
 from shieldtune.data import MnistSplits, Split, load_mnist
 from shieldtune.errors import CheckpointError, ConfigError
-from shieldtune.evaluation import safety_report
-from shieldtune.executor import LocalStepExecutor, StepRequest, TrainState
+from shieldtune.executors.local import LocalStepExecutor, StepRequest, TrainState
 from shieldtune.model import build_model
-from shieldtune.tracking import Tracker, download_policy, log_to_run, set_run_tag
+from shieldtune.safety.suite import safety_report
+from shieldtune.tracking.tracker import Tracker, download_policy, log_to_run, set_run_tag
 
 SPLITS_KIND = "shieldtune.splits/v1"
 
@@ -95,8 +95,8 @@ def load_prepared(out_dir: Path) -> MnistSplits:
 
 def find_kfp_resume_state(kfp_run_id: str, cfg: Config) -> dict[str, Any] | None:
     """The controller state of an unfinished tuning run of this KFP run, if one exists."""
-    from shieldtune.tracking import find_controller_state
-    from shieldtune.tuner import CONTROLLER_KIND, STATE_FILE
+    from shieldtune.control.tuner import CONTROLLER_KIND, STATE_FILE
+    from shieldtune.tracking.tracker import find_controller_state
 
     path = find_controller_state(cfg.tracking.experiment, kfp_run_id, STATE_FILE)
     return None if path is None else safe_load(path, CONTROLLER_KIND)
@@ -110,8 +110,8 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
     scheduled-retuning path. If no such model exists yet, it starts cold and
     says so in the summary.
     """
+    from shieldtune.control.tuner import run_tuning
     from shieldtune.signals import interrupt_on_sigterm
-    from shieldtune.tuner import run_tuning
 
     warm_note = "cold start"
     if warm_start_model_uri:
@@ -240,7 +240,7 @@ def log_final_metrics(run_id: str, val_metrics: dict[str, float]) -> None:
 
 
 def log_test_report(run_id: str, report: dict[str, float]) -> None:
-    from shieldtune.tuner import with_test_prefix
+    from shieldtune.control.tuner import with_test_prefix
 
     log_to_run(run_id, with_test_prefix(report))
 

@@ -4,9 +4,9 @@ The environment hands "train this segment from this state with these
 hyperparameters, then evaluate it" to a :class:`StepExecutor`. Backends:
 
 * ``local``: :class:`LocalStepExecutor`, in this process;
-* ``process``: :class:`shieldtune.process_executor.ProcessStepExecutor`, a pool of
+* ``process``: :class:`shieldtune.executors.process.ProcessStepExecutor`, a pool of
   worker processes on this machine;
-* ``kubernetes``: :class:`shieldtune.k8s.executor.KubernetesStepExecutor`, one
+* ``kubernetes``: :class:`shieldtune.executors.kubernetes.executor.KubernetesStepExecutor`, one
   Kubernetes Job running ``shieldtune step`` per step.
 
 All take a batch (``run_many``) so ``tuner.num_envs`` environments step at once;
@@ -25,15 +25,10 @@ import torch
 from shieldtune.config import Config
 from shieldtune.data import MnistSplits
 from shieldtune.model import build_model
-from shieldtune.safety import (
-    accuracy,
-    fgsm_robust_accuracy,
-    membership_inference,
-    needs_pgd,
-    parse_constraints,
-    pgd_robust_accuracy,
-)
-from shieldtune.training import make_optimizer, train_segment
+from shieldtune.safety.attacks import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
+from shieldtune.safety.privacy import membership_inference
+from shieldtune.safety.spec import needs_pgd, parse_constraints
+from shieldtune.training.segment import make_optimizer, train_segment
 
 StateDict = dict[str, torch.Tensor]
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from shieldtune.checkpoint import atomic_save, safe_load
 from shieldtune.errors import CheckpointError, ConfigError, StepFailedError, first_line
-from shieldtune.executor import StepRequest, StepResult, TrainState
+from shieldtune.executors.local import StepRequest, StepResult, TrainState
 
 REQUEST_KIND = "shieldtune.step-request/v1"
 RESULT_KIND = "shieldtune.step-result/v1"
@@ -117,7 +117,7 @@ class MlflowStepStore:
     def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        from shieldtune.tracking import default_tracking_uri
+        from shieldtune.tracking.tracker import default_tracking_uri
 
         self.run_id = run_id
         self.uri = f"mlflow:{run_id}"
@@ -167,7 +167,7 @@ def run_stored_step(store: StepStore, step_id: str, threads: int | None = None) 
 
     from shieldtune.config import config_from_dict
     from shieldtune.data import load_mnist
-    from shieldtune.executor import LocalStepExecutor
+    from shieldtune.executors.local import LocalStepExecutor
 
     if threads:
         torch.set_num_threads(threads)

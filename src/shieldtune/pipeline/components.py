@@ -1,4 +1,4 @@
-"""KFP component bodies: thin wrappers over :mod:`shieldtune.stages`.
+"""KFP component bodies: thin wrappers over :mod:`shieldtune.pipeline.stages`.
 
 KFP embeds each function's source in the component spec and runs it in the
 component image, so every body imports what it uses, and this module must
@@ -22,7 +22,7 @@ def prepare_data(config_json: str, dataset: Output[Dataset]):
     """MNIST (bundled sample, IDX folder or torchvision) -> seeded splits + manifest."""
     from pathlib import Path
 
-    from shieldtune.stages import pipeline_config, prepare_data
+    from shieldtune.pipeline.stages import pipeline_config, prepare_data
 
     manifest = prepare_data(pipeline_config(config_json, {}), Path(dataset.path))
     dataset.metadata.update(manifest)
@@ -57,7 +57,7 @@ def tune(
 
     os.environ["SHIELDTUNE_KFP_RUN_ID"] = kfp_run_id
 
-    from shieldtune.stages import load_prepared, pipeline_config, tune
+    from shieldtune.pipeline.stages import load_prepared, pipeline_config, tune
 
     cfg = pipeline_config(
         config_json,
@@ -96,7 +96,12 @@ def train_final(
     import json
     from pathlib import Path
 
-    from shieldtune.stages import load_prepared, log_final_metrics, pipeline_config, train_final
+    from shieldtune.pipeline.stages import (
+        load_prepared,
+        log_final_metrics,
+        pipeline_config,
+        train_final,
+    )
 
     plan = json.loads(Path(schedule.path).read_text())
     if plan is None:
@@ -119,7 +124,12 @@ def evaluate_safety(
     """FGSM / PGD / membership inference on the test split; True when every constraint holds."""
     from pathlib import Path
 
-    from shieldtune.stages import evaluate_safety, load_prepared, log_test_report, pipeline_config
+    from shieldtune.pipeline.stages import (
+        evaluate_safety,
+        load_prepared,
+        log_test_report,
+        pipeline_config,
+    )
 
     cfg = pipeline_config(config_json, {})
     report, matrix = evaluate_safety(cfg, load_prepared(Path(dataset.path)), Path(model.path))
@@ -143,7 +153,7 @@ def register_model(
     import json
     from pathlib import Path
 
-    from shieldtune.stages import load_prepared, pipeline_config, register
+    from shieldtune.pipeline.stages import load_prepared, pipeline_config, register
 
     cfg = pipeline_config(config_json, {})
     splits = load_prepared(Path(dataset.path))

@@ -1,6 +1,6 @@
 """The Kubeflow pipelines: ``tuning_pipeline`` (cold start) and ``retune_pipeline``.
 
-Components are built here from :mod:`component_funcs` with one configurable
+Components are built here from :mod:`components` with one configurable
 ``base_image``; the image has shieldtune (and kfp) installed, so nothing is
 pip-installed at run time. Caching is on only for data prep (reruns must
 really retrain and re-attack); every task has retries, resource requests and
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
-from shieldtune.k8s.jobs import RUN_AS, SCRATCH
-from shieldtune.workflow import DEFAULT_BASE_IMAGE, component_funcs
+from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH
+from shieldtune.pipeline import DEFAULT_BASE_IMAGE, components
 
 MLFLOW_SECRET = "shieldtune-mlflow"
 #: Secret keys injected as environment variables of every task that talks to MLflow.
@@ -26,7 +26,8 @@ MLFLOW_SECRET_ENV = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
 }
-#: Downward-API variables of the tune task (see shieldtune.k8s.executor.owner_from_env).
+#: Downward-API variables of the tune task
+#: (see shieldtune.executors.kubernetes.executor.owner_from_env).
 CONTROLLER_POD_ENV = {
     "SHIELDTUNE_POD_NAME": "metadata.name",
     "SHIELDTUNE_POD_UID": "metadata.uid",
@@ -56,7 +57,7 @@ def build_components(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable
     """One KFP component per stage, all on ``base_image``."""
     return {
         name: dsl.component(
-            getattr(component_funcs, name), base_image=base_image, install_kfp_package=False
+            getattr(components, name), base_image=base_image, install_kfp_package=False
         )
         for name in COMPONENT_NAMES
     }

@@ -36,11 +36,11 @@ import gymnasium as gym
 import numpy as np
 
 from shieldtune.config import Config, config_from_dict
-from shieldtune.executor import StepExecutor, StepRequest, StepResult, TrainState
+from shieldtune.control.search_space import SearchSpace
+from shieldtune.executors.local import StepExecutor, StepRequest, StepResult, TrainState
 from shieldtune.rng import rng_state, set_rng_state
-from shieldtune.safety import parse_constraints, spec_cost
-from shieldtune.search_space import SearchSpace
-from shieldtune.training import fixed_hyperparameters
+from shieldtune.safety.spec import parse_constraints, spec_cost
+from shieldtune.training.segment import fixed_hyperparameters
 
 ENV_ID = "shieldtune/Hyperparam-v0"
 OBS_METRICS = ("val_acc", "fgsm_robust_acc", "mia_advantage")
@@ -104,7 +104,7 @@ class HyperparamEnv(gym.Env):
     def executor(self) -> StepExecutor:
         if self._executor is None:
             from shieldtune.data import load_mnist
-            from shieldtune.executor import LocalStepExecutor
+            from shieldtune.executors.local import LocalStepExecutor
 
             self._executor = LocalStepExecutor(self.cfg, load_mnist(self.cfg.data))
         return self._executor
@@ -287,4 +287,4 @@ class HyperparamEnv(gym.Env):
 def register() -> None:
     """Register ``shieldtune/Hyperparam-v0`` with Gymnasium (idempotent)."""
     if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="shieldtune.env:HyperparamEnv")
+        gym.register(id=ENV_ID, entry_point="shieldtune.control.env:HyperparamEnv")

@@ -1,6 +1,6 @@
 """``process`` backend: environment steps in a pool of worker processes on this machine.
 
-Each worker builds one :class:`~shieldtune.executor.LocalStepExecutor` (model
+Each worker builds one :class:`~shieldtune.executors.local.LocalStepExecutor` (model
 config + data splits, sent once when the worker starts) and trains the steps
 it is handed, so ``tuner.num_envs`` environments train at the same time. The
 cores are split between workers (``torch.set_num_threads``), because torch
@@ -26,7 +26,7 @@ from typing import Any
 from shieldtune.config import Config, config_from_dict
 from shieldtune.data import MnistSplits
 from shieldtune.errors import StepFailedError
-from shieldtune.executor import LocalStepExecutor, StepRequest, StepResult
+from shieldtune.executors.local import LocalStepExecutor, StepRequest, StepResult
 
 _worker: LocalStepExecutor | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shieldtune.config import Config
 from shieldtune.data import MnistSplits
-from shieldtune.executor import LocalStepExecutor, StepExecutor
+from shieldtune.executors.local import LocalStepExecutor, StepExecutor
 
 
 def make_executor(cfg: Config, splits: MnistSplits, mlflow_run_id: str | None) -> StepExecutor:
@@ -13,11 +13,11 @@ def make_executor(cfg: Config, splits: MnistSplits, mlflow_run_id: str | None) -
     if kind == "local":
         return LocalStepExecutor(cfg, splits)
     if kind == "process":
-        from shieldtune.process_executor import ProcessStepExecutor
+        from shieldtune.executors.process import ProcessStepExecutor
 
         return ProcessStepExecutor(cfg, splits)
-    from shieldtune.k8s.executor import KubernetesStepExecutor
-    from shieldtune.step_io import DirStepStore, MlflowStepStore
+    from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
+    from shieldtune.executors.step_files import DirStepStore, MlflowStepStore
 
     k = cfg.kubernetes
     if k.transport == "volume":

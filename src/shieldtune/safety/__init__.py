@@ -1,0 +1,1 @@
+"""Safety: adversarial attacks, privacy leakage, the constraint spec and the metric suite."""

@@ -1,0 +1,1 @@
+"""Tracking: the MLflow run tree, model registry and the plots reviewers read."""

@@ -1,0 +1,1 @@
+"""Training: one segment of a model's training run, and one environment step."""
