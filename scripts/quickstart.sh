@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/shieldtune tune --config configs/mnist.yaml "$@"
+exec .venv/bin/shieldtune tune --config configs/mnist-cnn.yaml "$@"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from shieldtune.config import Config, config_from_dict
-from shieldtune.data import MnistSplits, load_mnist
+from shieldtune.tasks.contract import TaskData
+from shieldtune.tasks.mnist_data import load_mnist
 
 # One intra-op thread: the tests' models are tiny, and with two threads torch slows down
 # by an order of magnitude whenever another process (an mlflow server) shares the 2 cores.
@@ -20,7 +21,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TINY = {
     "data": {"train_size": 600, "val_size": 300, "test_size": 300},
-    "model": {"conv1_channels": 4, "conv2_channels": 8, "hidden": 32},
+    "task": {"kwargs": {"conv1_channels": 4, "conv2_channels": 8, "hidden": 32}},
     "training": {"segment_samples": 600},
     "safety": {"eval_samples": 100, "mia_samples": 100, "pgd_steps": 3, "pgd_restarts": 1},
     "env": {"steps_per_episode": 3},
@@ -54,5 +55,5 @@ def tiny_config() -> Config:
 
 
 @pytest.fixture(scope="session")
-def tiny_splits() -> MnistSplits:
+def tiny_data() -> TaskData:
     return load_mnist(config_from_dict(TINY).data)

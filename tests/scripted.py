@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shieldtune.executors.local import StepRequest, StepResult, TrainState
+from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 
 class ScriptedExecutor:

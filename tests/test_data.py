@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shieldtune.config import DataConfig
-from shieldtune.data import bundled_dir, load_mnist, read_idx
+from shieldtune.tasks.mnist_data import bundled_dir, load_mnist, read_idx
 from shieldtune.errors import DataError
 
 
@@ -88,7 +88,7 @@ def test_truncated_idx_file_is_rejected(tmp_path):
 
 
 def test_split_sizes_larger_than_the_data_are_rejected():
-    with pytest.raises(DataError, match="exceeds the 10000 images"):
+    with pytest.raises(DataError, match="exceeds the 10000 samples"):
         load_mnist(DataConfig(train_size=9000, val_size=1000, test_size=1000))
 
 
@@ -112,5 +112,5 @@ def test_torchvision_source_reads_mnist_through_torchvision(tmp_path):
         )
     )
     assert (len(s.train), len(s.val), len(s.test)) == (800, 200, 300)
-    assert s.source == "torchvision"
+    assert s.source == "mnist:torchvision"
     assert float(s.test.x.max()) == 1.0

@@ -12,7 +12,8 @@ from shieldtune.cli import main
 from shieldtune.config import config_from_dict
 from shieldtune.control.tuner import run_tuning
 from shieldtune.errors import StepFailedError
-from shieldtune.executors.local import LocalStepExecutor, StepRequest, StepResult, TrainState
+from shieldtune.executors.local import LocalStepExecutor
+from shieldtune.training.step import StepRequest, StepResult, StepRunner, TrainState
 from shieldtune.executors.process import ProcessStepExecutor, threads_per_worker
 from shieldtune.executors.step_files import (
     REQUEST_FILE,
@@ -43,9 +44,9 @@ def assert_same_result(a: StepResult, b: StepResult) -> None:
 
 
 @pytest.fixture
-def first_step(tiny_config, tiny_splits) -> tuple[StepRequest, StepResult]:
+def first_step(tiny_config, tiny_data) -> tuple[StepRequest, StepResult]:
     """A trained segment from a fresh model, and the request that continues from it."""
-    local = LocalStepExecutor(tiny_config, tiny_splits)
+    local = LocalStepExecutor(StepRunner.from_config(tiny_config, tiny_data))
     start = local.run(StepRequest(None, HYPER, 300, seed=3))
     return StepRequest(start.state, HYPER, 300, seed=4), local.run(
         StepRequest(start.state, HYPER, 300, seed=4)
@@ -96,12 +97,10 @@ def test_result_that_is_missing_is_a_failed_step_not_a_crash(tmp_path):
         read_result(DirStepStore(tmp_path), "nope", attempts=1)
 
 
-def test_process_pool_returns_what_the_local_executor_computes(
-    tiny_config, tiny_splits, first_step
-):
+def test_process_pool_returns_what_the_local_executor_computes(tiny_config, tiny_data, first_step):
     request, expected = first_step
     fresh = StepRequest(None, HYPER, 300, seed=3)
-    pool = ProcessStepExecutor(tiny_config, tiny_splits, workers=2, threads=1)
+    pool = ProcessStepExecutor(tiny_config, tiny_data, workers=2, threads=1)
     try:
         results = pool.run_many([fresh, request])
     finally:
@@ -110,9 +109,9 @@ def test_process_pool_returns_what_the_local_executor_computes(
     assert [r.attempts for r in results] == [1, 1]
 
 
-def test_process_pool_retries_a_failing_step_then_reports_it(tiny_config, tiny_splits):
+def test_process_pool_retries_a_failing_step_then_reports_it(tiny_config, tiny_data):
     cfg = config_from_dict(tiny_dict(tracking={"enabled": False}, tuner={"step_retries": 1}))
-    pool = ProcessStepExecutor(cfg, tiny_splits, workers=1, threads=1)
+    pool = ProcessStepExecutor(cfg, tiny_data, workers=1, threads=1)
     # A state from some other model: the worker raises on load_state_dict every time.
     broken = StepRequest(TrainState({"bogus": torch.zeros(1)}), HYPER, 300, seed=1)
     try:
@@ -129,11 +128,11 @@ def test_threads_are_split_between_workers():
     assert threads_per_worker(4, cpus=2) == 1
 
 
-def test_parallel_envs_on_the_process_pool_match_the_local_run(tmp_path, tiny_splits):
+def test_parallel_envs_on_the_process_pool_match_the_local_run(tmp_path, tiny_data):
     sections = {"env": {"steps_per_episode": 2}, "tuner": {"episodes": 3, "num_envs": 2}}
-    local = run_tuning(tiny(tmp_path / "local", **sections), splits=tiny_splits)
+    local = run_tuning(tiny(tmp_path / "local", **sections), data=tiny_data)
     sections["tuner"] = {**sections["tuner"], "executor": "process", "worker_threads": 1}
-    pooled = run_tuning(tiny(tmp_path / "pool", **sections), splits=tiny_splits)
+    pooled = run_tuning(tiny(tmp_path / "pool", **sections), data=tiny_data)
     assert (pooled.executor, pooled.num_envs) == ("process", 2)
     for s in (local, pooled):
         assert s.episodes_run == 3 and s.steps_run == 6 and s.step_retries == 0
@@ -153,10 +152,10 @@ def _without_timings(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
 
 
-def test_a_step_never_changes_the_state_it_started_from(tiny_config, tiny_splits):
+def test_a_step_never_changes_the_state_it_started_from(tiny_config, tiny_data):
     """Rollback returns to the request's state, so training must not step its momentum
     buffers in place (torch's load_state_dict keeps the tensors it is given)."""
-    local = LocalStepExecutor(tiny_config, tiny_splits)
+    local = LocalStepExecutor(StepRunner.from_config(tiny_config, tiny_data))
     start = local.run(StepRequest(None, HYPER, 300, seed=3)).state
     start = local.run(StepRequest(start, HYPER, 300, seed=4)).state
     before = {k: v.clone() for k, v in start.optimizer["state"][0].items()}

@@ -28,7 +28,7 @@ from .test_tuner import read_jsonl
 FAILURE_RATE = 0.2
 
 
-def test_job_completes_when_a_fifth_of_step_pods_fail(tmp_path, monkeypatch, tiny_splits):
+def test_job_completes_when_a_fifth_of_step_pods_fail(tmp_path, monkeypatch, tiny_data):
     """Every fifth pod (seeded) fails or is evicted; retries absorb it and nothing is lost."""
     (tmp_path / "pvc").mkdir()
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -49,7 +49,7 @@ def test_job_completes_when_a_fifth_of_step_pods_fail(tmp_path, monkeypatch, tin
         tmp_path / "k8s", volumes={CLAIM: tmp_path / "pvc"}, host_paths=[tmp_path], fault=flaky
     ) as k8s:
         monkeypatch.setenv("KUBECONFIG", str(k8s.write_kubeconfig(tmp_path / "kubeconfig")))
-        summary = run_tuning(cfg, splits=tiny_splits)
+        summary = run_tuning(cfg, data=tiny_data)
         created = len(k8s.requests_to("POST", "/apis/batch/v1/namespaces/team/jobs"))
         assert k8s.wait_idle(timeout=30) and k8s.jobs("team") == []
     assert injected, "the seed must inject at least one failure"

@@ -519,10 +519,11 @@ def cli_sandbox(tmp_path, monkeypatch):
 
     import shieldtune.control.env
     import shieldtune.control.tuner
-    import shieldtune.executors.local
     import shieldtune.executors.step_files
     import shieldtune.pipeline.local_run
     import shieldtune.pipeline.pipelines
+    import shieldtune.tasks.checker
+    import shieldtune.training.step
 
     monkeypatch.chdir(tmp_path)
     for var in ("KFP_HOST", "KFP_NAMESPACE", "KFP_BEARER_TOKEN", "KFP_EXPERIMENT"):
@@ -531,7 +532,8 @@ def cli_sandbox(tmp_path, monkeypatch):
         (shieldtune.control.tuner, "run_tuning"),
         (shieldtune.control.env, "HyperparamEnv"),
         (gymnasium.utils.env_checker, "check_env"),
-        (shieldtune.executors.local, "LocalStepExecutor"),
+        (shieldtune.training.step, "StepRunner"),
+        (shieldtune.tasks.checker, "check_task"),
         (shieldtune.executors.step_files, "MlflowStepStore"),
         (shieldtune.pipeline.local_run, "run_local"),
         (shieldtune.pipeline.pipelines, "compile_all"),

@@ -23,7 +23,8 @@ from shieldtune.errors import ClusterError, StepFailedError
 from shieldtune.executors.kubernetes.api import default_namespace, load_api_client
 from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor, cpu_threads
 from shieldtune.executors.kubernetes.jobs import Owner, label_value, step_job, step_labels
-from shieldtune.executors.local import LocalStepExecutor, StepRequest
+from shieldtune.executors.local import LocalStepExecutor
+from shieldtune.training.step import StepRequest, StepRunner
 from shieldtune.executors.step_files import DirStepStore
 
 from .conftest import tiny_cli_args, tiny_dict
@@ -72,7 +73,7 @@ def executor_for(cfg, tmp_path: Path) -> KubernetesStepExecutor:
     return KubernetesStepExecutor(cfg, store, mlflow_run_id="0123abcd", kfp_run_id="kfp-run-1")
 
 
-def test_parallel_steps_run_as_jobs_and_match_in_process_training(tmp_path, cluster, tiny_splits):
+def test_parallel_steps_run_as_jobs_and_match_in_process_training(tmp_path, cluster, tiny_data):
     cfg = k8s_config(tmp_path)
     fresh = [StepRequest(None, HYPER, 300, seed=s) for s in (1, 2)]
     executor = executor_for(cfg, tmp_path)
@@ -80,7 +81,7 @@ def test_parallel_steps_run_as_jobs_and_match_in_process_training(tmp_path, clus
         results = executor.run_many(fresh)
     finally:
         executor.close()
-    local = LocalStepExecutor(cfg, tiny_splits)
+    local = LocalStepExecutor(StepRunner.from_config(cfg, tiny_data))
     for request, result in zip(fresh, results, strict=True):
         assert_same_result(result, local.run(request))
         assert result.attempts == 1
@@ -194,16 +195,16 @@ def test_interrupted_controller_deletes_the_jobs_it_started(tmp_path, cluster):
 
 
 def test_tuning_job_with_parallel_envs_on_kubernetes_matches_the_local_run(
-    tmp_path, cluster, tiny_splits
+    tmp_path, cluster, tiny_data
 ):
     sections = {"env": {"steps_per_episode": 2}, "tuner": {"episodes": 2, "num_envs": 2}}
     cfg = k8s_config(tmp_path)
     data = cfg.to_dict()
     for section, values in sections.items():
         data[section].update(values)
-    on_k8s = run_tuning(config_from_dict(data), splits=tiny_splits)
+    on_k8s = run_tuning(config_from_dict(data), data=tiny_data)
     data["tuner"].update(executor="local", output_dir=str(tmp_path / "local"))
-    local = run_tuning(config_from_dict(data), splits=tiny_splits)
+    local = run_tuning(config_from_dict(data), data=tiny_data)
     assert (on_k8s.executor, on_k8s.num_envs, on_k8s.steps_run) == ("kubernetes", 2, 4)
     strip = ("train_seconds", "eval_seconds")
     k8s_steps = [
@@ -322,7 +323,7 @@ def test_step_files_never_travel_through_the_pod_log(tmp_path, cluster):
 
 
 def test_step_files_can_travel_as_mlflow_artifacts_of_the_tuning_run(
-    tmp_path, cluster, tiny_splits, monkeypatch
+    tmp_path, cluster, tiny_data, monkeypatch
 ):
     """The default transport: no shared volume, the pod reads and writes the run's artifacts."""
     from mlflow.tracking import MlflowClient
@@ -344,7 +345,9 @@ def test_step_files_can_travel_as_mlflow_artifacts_of_the_tuning_run(
         [result] = executor.run_many([request])
     finally:
         executor.close()
-    assert_same_result(result, LocalStepExecutor(cfg, tiny_splits).run(request))
+    assert_same_result(
+        result, LocalStepExecutor(StepRunner.from_config(cfg, tiny_data)).run(request)
+    )
     [job] = cluster.requests_to("POST", "/apis/batch/v1/namespaces/team/jobs")
     container = job.body["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["--store", f"mlflow:{run_id}"]

@@ -155,9 +155,9 @@ def test_tampered_controller_state_never_runs_code(tmp_path, capsys):
 
 TUNE_TASK = """
 import json, sys
-from shieldtune import stages
 from shieldtune.config import config_from_dict
-from shieldtune.data import load_mnist
+from shieldtune.pipeline import stages
+from shieldtune.tasks.mnist_data import load_mnist
 
 cfg = config_from_dict(json.loads(sys.argv[1]))
 summary = stages.tune(cfg, load_mnist(cfg.data))

@@ -16,12 +16,19 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from shieldtune import safety
 from shieldtune.errors import ConfigError
-from shieldtune.model import SmallCNN
-from shieldtune.safety.attacks import accuracy, fgsm, fgsm_robust_accuracy, pgd, pgd_robust_accuracy
+from shieldtune.safety import attacks
+from shieldtune.safety.attacks import (
+    accuracy,
+    fgsm,
+    fgsm_robust_accuracy,
+    pgd,
+    pgd_robust_accuracy,
+    tensor_batches,
+)
 from shieldtune.safety.privacy import loss_threshold_attack, membership_inference, per_sample_loss
-from shieldtune.safety.spec import SAFETY_METRICS, Constraint, parse_constraints, spec_cost
+from shieldtune.safety.spec import BUILTIN_METRICS, Constraint, parse_constraints, spec_cost
+from shieldtune.tasks.mnist import SmallCNN
 
 EPS = 0.1
 # Float32 slack for "within eps of x" checks: x + eps is rounded to float32.
@@ -29,13 +36,13 @@ FTOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_splits):
+def trained(tiny_data):
     """A SmallCNN trained 300 Adam steps on 600 real MNIST images (overfits on purpose)."""
     torch.manual_seed(0)
     model = SmallCNN(conv1_channels=4, conv2_channels=8, hidden=32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    train = tiny_splits.train
+    train = tiny_data.train
     for _ in range(300):
         idx = torch.randint(0, len(train), (64,), generator=gen)
         loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
@@ -45,7 +52,7 @@ def trained(tiny_splits):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    test = tiny_splits.test
+    test = tiny_data.test
     clean = accuracy(model, test.x, test.y)
     assert clean > 0.7, f"fixture model too weak to attack meaningfully: clean acc {clean}"
     return model
@@ -208,10 +215,10 @@ def _acc_on(model: nn.Module, x_adv: np.ndarray, y: torch.Tensor) -> float:
         return float((model(torch.from_numpy(x_adv)).argmax(1) == y).float().mean())
 
 
-def test_fgsm_matches_art_fast_gradient_method_on_trained_cnn(trained, tiny_splits):
+def test_fgsm_matches_art_fast_gradient_method_on_trained_cnn(trained, tiny_data):
     from art.attacks.evasion import FastGradientMethod
 
-    x, y = tiny_splits.test.x, tiny_splits.test.y
+    x, y = tiny_data.test.x, tiny_data.test.y
     n = len(y)
     ours = fgsm(trained, x, y, EPS).numpy()
     attack = FastGradientMethod(_art_classifier(trained), eps=EPS, norm=np.inf)
@@ -224,10 +231,10 @@ def test_fgsm_matches_art_fast_gradient_method_on_trained_cnn(trained, tiny_spli
     assert robust < accuracy(trained, x, y), "FGSM at eps=0.1 should hurt an undefended model"
 
 
-def test_pgd_is_close_to_art_pgd_and_not_weaker_than_fgsm(trained, tiny_splits):
+def test_pgd_is_close_to_art_pgd_and_not_weaker_than_fgsm(trained, tiny_data):
     from art.attacks.evasion import ProjectedGradientDescent
 
-    x, y = tiny_splits.test.x, tiny_splits.test.y
+    x, y = tiny_data.test.x, tiny_data.test.y
     steps = 10
     ours = pgd_robust_accuracy(trained, x, y, EPS, steps=steps, restarts=1, seed=0)
     np.random.seed(0)  # ART draws its random start from numpy's global generator
@@ -252,8 +259,8 @@ def test_pgd_is_close_to_art_pgd_and_not_weaker_than_fgsm(trained, tiny_splits):
 # ----------------------------------------------------------------- PGD properties
 
 
-def test_pgd_perturbation_stays_in_eps_ball_and_pixel_range_on_real_images(trained, tiny_splits):
-    x, y = tiny_splits.test.x[:100], tiny_splits.test.y[:100]
+def test_pgd_perturbation_stays_in_eps_ball_and_pixel_range_on_real_images(trained, tiny_data):
+    x, y = tiny_data.test.x[:100], tiny_data.test.y[:100]
     adv = pgd(trained, x, y, EPS, steps=5, generator=torch.Generator().manual_seed(1))
     assert adv.shape == x.shape
     assert (adv - x).abs().max() <= EPS + FTOL
@@ -262,15 +269,15 @@ def test_pgd_perturbation_stays_in_eps_ball_and_pixel_range_on_real_images(train
     assert (adv - x).abs().max() > EPS / 2
 
 
-def test_pgd_with_large_step_size_is_still_projected(trained, tiny_splits):
-    x, y = tiny_splits.test.x[:50], tiny_splits.test.y[:50]
+def test_pgd_with_large_step_size_is_still_projected(trained, tiny_data):
+    x, y = tiny_data.test.x[:50], tiny_data.test.y[:50]
     adv = pgd(trained, x, y, 0.05, steps=3, step_size=0.5, generator=torch.Generator())
     assert (adv - x).abs().max() <= 0.05 + FTOL
     assert adv.min() >= 0.0 and adv.max() <= 1.0
 
 
-def test_zero_epsilon_attacks_give_clean_accuracy(trained, tiny_splits):
-    x, y = tiny_splits.test.x[:150], tiny_splits.test.y[:150]
+def test_zero_epsilon_attacks_give_clean_accuracy(trained, tiny_data):
+    x, y = tiny_data.test.x[:150], tiny_data.test.y[:150]
     clean = accuracy(trained, x, y)
     assert torch.equal(fgsm(trained, x, y, 0.0), x)
     assert torch.equal(pgd(trained, x, y, 0.0, steps=2, generator=torch.Generator()), x)
@@ -278,17 +285,17 @@ def test_zero_epsilon_attacks_give_clean_accuracy(trained, tiny_splits):
     assert pgd_robust_accuracy(trained, x, y, 0.0, steps=2, restarts=2) == clean
 
 
-def test_more_pgd_restarts_never_raise_robust_accuracy(trained, tiny_splits):
+def test_more_pgd_restarts_never_raise_robust_accuracy(trained, tiny_data):
     # With the same seed, restart k draws the same random start whatever the total
     # number of restarts, and a sample only counts if it survives every restart.
-    x, y = tiny_splits.test.x, tiny_splits.test.y
+    x, y = tiny_data.test.x, tiny_data.test.y
     accs = [pgd_robust_accuracy(trained, x, y, EPS, steps=5, restarts=r, seed=7) for r in (1, 2, 3)]
     assert accs[0] >= accs[1] >= accs[2], accs
     assert accs[0] < accuracy(trained, x, y)
 
 
-def test_pgd_is_deterministic_for_a_seed_and_varies_across_seeds(trained, tiny_splits):
-    x, y = tiny_splits.test.x[:100], tiny_splits.test.y[:100]
+def test_pgd_is_deterministic_for_a_seed_and_varies_across_seeds(trained, tiny_data):
+    x, y = tiny_data.test.x[:100], tiny_data.test.y[:100]
 
     def run(seed: int) -> torch.Tensor:
         return pgd(trained, x, y, EPS, steps=3, generator=torch.Generator().manual_seed(seed))
@@ -300,21 +307,20 @@ def test_pgd_is_deterministic_for_a_seed_and_varies_across_seeds(trained, tiny_s
     assert a == b
 
 
-def test_attack_metrics_do_not_depend_on_the_evaluation_batch_size(
-    trained, tiny_splits, monkeypatch
-):
-    x, y = tiny_splits.test.x[:200], tiny_splits.test.y[:200]
+def test_attack_metrics_do_not_depend_on_the_evaluation_batch_size(trained, tiny_data, monkeypatch):
+    x, y = tiny_data.test.x[:200], tiny_data.test.y[:200]
     whole = (
         accuracy(trained, x, y),
         fgsm_robust_accuracy(trained, x, y, EPS),
-        per_sample_loss(trained, x, y),
+        per_sample_loss(trained, tensor_batches(x, y)()),
     )
-    monkeypatch.setattr(safety, "_EVAL_BATCH", 37)  # 200 = 5 * 37 + 15: a ragged last batch
+    monkeypatch.setattr(attacks, "EVAL_BATCH", 37)  # 200 = 5 * 37 + 15: a ragged last batch
     assert accuracy(trained, x, y) == whole[0]
     # Per-batch mean loss rescales the gradient, which leaves its sign alone
     # (up to a rare float tie).
     assert abs(fgsm_robust_accuracy(trained, x, y, EPS) - whole[1]) <= 1 / len(y) + 1e-9
-    assert np.allclose(per_sample_loss(trained, x, y), whole[2], rtol=1e-5, atol=1e-6)
+    losses = per_sample_loss(trained, tensor_batches(x, y)())
+    assert np.allclose(losses, whole[2], rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------- membership inference
@@ -416,11 +422,11 @@ def test_nan_losses_never_look_like_members():
     assert mia.auc == pytest.approx(0.5)
 
 
-def test_membership_inference_on_overfitted_model(trained, tiny_splits):
-    members = (tiny_splits.train.x[:100], tiny_splits.train.y[:100])
-    nonmembers = (tiny_splits.test.x[:100], tiny_splits.test.y[:100])
+def test_membership_inference_on_overfitted_model(trained, tiny_data):
+    members = (tiny_data.train.x[:100], tiny_data.train.y[:100])
+    nonmembers = (tiny_data.test.x[:100], tiny_data.test.y[:100])
     trained.train()
-    mia = membership_inference(trained, members, nonmembers)
+    mia = membership_inference(trained, [members], [nonmembers])
     assert trained.training  # restored
     trained.eval()
     for value in (mia.advantage, mia.tpr_at_1fpr, mia.auc):
@@ -459,8 +465,8 @@ def test_parse_constraints_reads_metric_operator_and_threshold():
 
 
 def test_every_documented_metric_can_be_constrained():
-    cons = parse_constraints([f"{name} >= 0.5" for name in SAFETY_METRICS])
-    assert [c.metric for c in cons] == list(SAFETY_METRICS)
+    cons = parse_constraints([f"{name} >= 0.5" for name in BUILTIN_METRICS])
+    assert [c.metric for c in cons] == list(BUILTIN_METRICS)
 
 
 def test_constraint_cost_is_the_signed_amount_broken():

@@ -46,7 +46,7 @@ from shieldtune.config import config_from_dict
 from shieldtune.errors import StepFailedError
 from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
 from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH, Owner, step_job, step_labels
-from shieldtune.executors.local import StepRequest
+from shieldtune.training.step import StepRequest
 from shieldtune.executors.step_files import DirStepStore
 from shieldtune.pipeline import pipelines as kfp_pipelines
 

@@ -6,29 +6,42 @@ import math
 
 import torch
 
-from shieldtune.config import ModelConfig, TrainingConfig
-from shieldtune.model import build_model
-from shieldtune.training.segment import fixed_hyperparameters, make_optimizer, train_segment
+from shieldtune.config import TrainingConfig
+from shieldtune.tasks.contract import PIXELS
+from shieldtune.tasks.mnist import MnistCnnTask
+from shieldtune.training.hyperparameters import fixed_hyperparameters
+from shieldtune.training.segment import AdversarialTraining, make_optimizer, train_segment
 
-CFG = ModelConfig(conv1_channels=4, conv2_channels=8, hidden=32)
+TASK = MnistCnnTask(conv1_channels=4, conv2_channels=8, hidden=32)
+ADVERSARIAL = AdversarialTraining(0.1, PIXELS)
+
+
+def build_model():
+    return TASK.build_model(0)
 
 
 def run(splits, hp_overrides=None, seed=0, budget=256, optimizer="sgd"):
     torch.manual_seed(0)
-    model = build_model(CFG)
+    model = build_model()
     tcfg = TrainingConfig(optimizer=optimizer)
     opt = make_optimizer(model, tcfg)
-    hp = {**fixed_hyperparameters(tcfg), **(hp_overrides or {})}
+    hp = {**fixed_hyperparameters(tcfg, TASK), **(hp_overrides or {})}
     stats = train_segment(
-        model, opt, splits.train, hp, budget, torch.Generator().manual_seed(seed), 0.1
+        model,
+        opt,
+        splits.train,
+        hp,
+        budget,
+        torch.Generator().manual_seed(seed),
+        adversarial=ADVERSARIAL,
     )
     return model, opt, stats
 
 
-def test_same_seed_gives_bitwise_identical_weights(tiny_splits):
-    a, _, sa = run(tiny_splits, seed=3)
-    b, _, sb = run(tiny_splits, seed=3)
-    c, _, _ = run(tiny_splits, seed=4)
+def test_same_seed_gives_bitwise_identical_weights(tiny_data):
+    a, _, sa = run(tiny_data, seed=3)
+    b, _, sb = run(tiny_data, seed=3)
+    c, _, _ = run(tiny_data, seed=4)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert sa.mean_loss == sb.mean_loss
@@ -37,56 +50,65 @@ def test_same_seed_gives_bitwise_identical_weights(tiny_splits):
     )
 
 
-def test_segment_processes_exactly_the_budget_with_this_steps_batch_size(tiny_splits):
-    _, _, s = run(tiny_splits, {"batch_size": 32}, budget=100)
+def test_segment_processes_exactly_the_budget_with_this_steps_batch_size(tiny_data):
+    _, _, s = run(tiny_data, {"batch_size": 32}, budget=100)
     assert s.samples == 100 and s.batches == 4  # 32 + 32 + 32 + 4
-    _, _, s = run(tiny_splits, {"batch_size": 128}, budget=1000)
+    _, _, s = run(tiny_data, {"batch_size": 128}, budget=1000)
     assert s.samples == 1000 and s.batches == 8  # passes over the 600 images wrap around
 
 
-def test_hyperparameters_are_applied_to_the_optimizer(tiny_splits):
-    _, opt, _ = run(tiny_splits, {"learning_rate": 0.0123, "weight_decay": 1e-4, "momentum": 0.5})
+def test_hyperparameters_are_applied_to_the_optimizer(tiny_data):
+    _, opt, _ = run(tiny_data, {"learning_rate": 0.0123, "weight_decay": 1e-4, "momentum": 0.5})
     group = opt.param_groups[0]
     assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.0123, 1e-4, 0.5)
-    _, opt, _ = run(tiny_splits, {"momentum": 0.7}, optimizer="adam")
+    _, opt, _ = run(tiny_data, {"momentum": 0.7}, optimizer="adam")
     assert opt.param_groups[0]["betas"][0] == 0.7
 
 
-def test_training_reduces_loss_on_real_mnist(tiny_splits):
-    _, _, first = run(tiny_splits, budget=64)
-    _, _, longer = run(tiny_splits, budget=1200)
+def test_training_reduces_loss_on_real_mnist(tiny_data):
+    _, _, first = run(tiny_data, budget=64)
+    _, _, longer = run(tiny_data, budget=1200)
     assert longer.mean_loss < first.mean_loss
     assert not longer.diverged
 
 
-def test_adversarial_mix_trains_and_changes_the_result(tiny_splits):
-    plain, _, _ = run(tiny_splits, {"adv_mix": 0.0})
-    mixed, _, stats = run(tiny_splits, {"adv_mix": 0.5})
+def test_adversarial_mix_trains_and_changes_the_result(tiny_data):
+    plain, _, _ = run(tiny_data, {"adv_mix": 0.0})
+    mixed, _, stats = run(tiny_data, {"adv_mix": 0.5})
     assert not stats.diverged and math.isfinite(stats.mean_loss)
     assert any(
         not torch.equal(a, b) for a, b in zip(plain.parameters(), mixed.parameters(), strict=True)
     )
 
 
-def test_non_finite_loss_is_reported_as_divergence_not_raised(tiny_splits):
+def test_non_finite_loss_is_reported_as_divergence_not_raised(tiny_data):
     torch.manual_seed(0)
-    model = build_model(CFG)
+    model = build_model()
     with torch.no_grad():
         model.classifier[-1].weight.fill_(float("inf"))
     opt = make_optimizer(model, TrainingConfig())
-    hp = fixed_hyperparameters(TrainingConfig())
-    stats = train_segment(model, opt, tiny_splits.train, hp, 4096, torch.Generator(), 0.1)
+    hp = fixed_hyperparameters(TrainingConfig(), TASK)
+    stats = train_segment(
+        model, opt, tiny_data.train, hp, 4096, torch.Generator(), adversarial=ADVERSARIAL
+    )
     assert stats.diverged
     assert stats.samples < 4096  # stopped early instead of finishing the budget
 
 
-def test_mean_loss_above_max_loss_counts_as_divergence(tiny_splits):
+def test_mean_loss_above_max_loss_counts_as_divergence(tiny_data):
     torch.manual_seed(0)
-    model = build_model(CFG)
+    model = build_model()
     opt = make_optimizer(model, TrainingConfig())
-    hp = fixed_hyperparameters(TrainingConfig())
+    hp = fixed_hyperparameters(TrainingConfig(), TASK)
     # An untrained 10-class model has loss near ln(10) = 2.3, far above this limit.
     stats = train_segment(
-        model, opt, tiny_splits.train, hp, 128, torch.Generator(), 0.1, max_loss=0.5
+        model,
+        opt,
+        tiny_data.train,
+        hp,
+        128,
+        torch.Generator(),
+        adversarial=ADVERSARIAL,
+        max_loss=0.5,
     )
     assert stats.diverged and math.isfinite(stats.mean_loss)

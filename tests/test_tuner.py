@@ -28,9 +28,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_splits):
+def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_data):
     cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.15"]})
-    s = run_tuning(cfg, splits=tiny_splits)
+    s = run_tuning(cfg, data=tiny_data)
     out = Path(s.output_dir)
     steps = read_jsonl(out / "steps.jsonl")
     audit = read_jsonl(out / "shield_audit.jsonl")
@@ -54,14 +54,14 @@ def test_job_writes_summary_audit_and_a_feasible_best_checkpoint(tmp_path, tiny_
     )
 
 
-def test_no_accepted_model_ever_violates_the_spec_under_rollback(tmp_path, tiny_splits):
+def test_no_accepted_model_ever_violates_the_spec_under_rollback(tmp_path, tiny_data):
     # A constraint tight enough that some segments break it.
     cfg = tiny(
         tmp_path,
         safety={"constraints": ["fgsm_robust_acc >= 0.2"]},
         env={"steps_per_episode": 5},
     )
-    s = run_tuning(cfg, splits=tiny_splits)
+    s = run_tuning(cfg, data=tiny_data)
     steps = read_jsonl(Path(s.output_dir) / "steps.jsonl")
     assert s.violations > 0, "test needs at least one violation to mean anything"
     for episode in {r["episode"] for r in steps}:
@@ -73,17 +73,17 @@ def test_no_accepted_model_ever_violates_the_spec_under_rollback(tmp_path, tiny_
             assert r["violation"] == (r["cost"] > 0)
 
 
-def test_no_feasible_model_is_reported_not_invented(tmp_path, tiny_splits):
+def test_no_feasible_model_is_reported_not_invented(tmp_path, tiny_data):
     cfg = tiny(tmp_path, safety={"constraints": ["fgsm_robust_acc >= 0.99"]}, tuner={"episodes": 1})
-    s = run_tuning(cfg, splits=tiny_splits)
+    s = run_tuning(cfg, data=tiny_data)
     assert not s.feasible_found and s.best is None and s.test_metrics is None
     # Never safe, so never anything to roll back to: all warm-up, no rejected segment.
     assert s.warmup_steps == s.steps_run and s.violations == 0
 
 
-def test_same_seed_reproduces_the_same_job(tmp_path, tiny_splits):
-    a = run_tuning(tiny(tmp_path / "a"), splits=tiny_splits)
-    b = run_tuning(tiny(tmp_path / "b"), splits=tiny_splits)
+def test_same_seed_reproduces_the_same_job(tmp_path, tiny_data):
+    a = run_tuning(tiny(tmp_path / "a"), data=tiny_data)
+    b = run_tuning(tiny(tmp_path / "b"), data=tiny_data)
     assert (
         read_jsonl(Path(a.output_dir) / "steps.jsonl")[-1]["val_acc"]
         == (read_jsonl(Path(b.output_dir) / "steps.jsonl")[-1]["val_acc"])
@@ -92,8 +92,8 @@ def test_same_seed_reproduces_the_same_job(tmp_path, tiny_splits):
     assert a.test_metrics == b.test_metrics
 
 
-def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_splits):
-    s = run_tuning(tiny(tmp_path / "t", tuner={"target_val_acc": 0.05}), splits=tiny_splits)
+def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_data):
+    s = run_tuning(tiny(tmp_path / "t", tuner={"target_val_acc": 0.05}), data=tiny_data)
     steps = read_jsonl(Path(s.output_dir) / "steps.jsonl")
     assert "target_val_acc" in s.stop_reason and s.best["val_metrics"]["val_acc"] >= 0.05
     # It stopped at the first feasible accepted step, not later.
@@ -107,16 +107,16 @@ def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_split
             safety={"constraints": ["fgsm_robust_acc >= 0.5"]},
             tuner={"max_violations": 2},
         ),
-        splits=tiny_splits,
+        data=tiny_data,
         executor=scripted,
     )
     assert s.violations == 2 and s.steps_run == 2 and "max_violations" in s.stop_reason
 
 
-def test_warm_start_continues_from_the_previous_policy(tmp_path, tiny_splits, monkeypatch):
-    from shieldtune import tuner
+def test_warm_start_continues_from_the_previous_policy(tmp_path, tiny_data, monkeypatch):
+    from shieldtune.control import tuner
 
-    first = run_tuning(tiny(tmp_path / "a"), splits=tiny_splits)
+    first = run_tuning(tiny(tmp_path / "a"), data=tiny_data)
     policy = Path(first.output_dir) / "agent.pt"
     saved = torch.load(policy, weights_only=True)
     assert saved["kind"] == "shieldtune.policy/v1"
@@ -129,19 +129,19 @@ def test_warm_start_continues_from_the_previous_policy(tmp_path, tiny_splits, mo
 
     monkeypatch.setattr(tuner.DQNAgent, "load_state_dict", spy)
     cfg = tiny(tmp_path / "b", tuner={"warm_start": str(policy), "episodes": 1})
-    second = run_tuning(cfg, splits=tiny_splits)
+    second = run_tuning(cfg, data=tiny_data)
     assert loaded["agent"] == (first.steps_run, True)
     assert second.steps_run == cfg.env.steps_per_episode
 
 
-def test_warm_start_from_a_different_search_space_is_a_clear_error(tmp_path, tiny_splits):
+def test_warm_start_from_a_different_search_space_is_a_clear_error(tmp_path, tiny_data):
     from shieldtune.errors import CheckpointError
 
-    first = run_tuning(tiny(tmp_path / "a", tuner={"episodes": 1}), splits=tiny_splits)
+    first = run_tuning(tiny(tmp_path / "a", tuner={"episodes": 1}), data=tiny_data)
     cfg = tiny(
         tmp_path / "b",
         env={"search_space": [{"name": "learning_rate", "init": 0.05, "low": 0.01, "high": 0.4}]},
         tuner={"warm_start": str(Path(first.output_dir) / "agent.pt")},
     )
     with pytest.raises(CheckpointError, match="n_actions"):
-        run_tuning(cfg, splits=tiny_splits)
+        run_tuning(cfg, data=tiny_data)

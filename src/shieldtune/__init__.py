@@ -3,7 +3,7 @@
 Public API::
 
     import shieldtune
-    cfg = shieldtune.load_config("configs/mnist.yaml", ["tuner.episodes=3"])
+    cfg = shieldtune.load_config("configs/mnist-cnn.yaml", ["tuner.episodes=3"])
     summary = shieldtune.tune(cfg)
 
 and the Gymnasium environment ``gymnasium.make("shieldtune/Hyperparam-v0")``.

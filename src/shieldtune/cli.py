@@ -1,4 +1,4 @@
-"""``shieldtune`` command line: tune, evaluate, step, env-check, pipeline.
+"""``shieldtune`` command line: tune, evaluate, step, env-check, task-check, pipeline.
 
 Every user error is printed as one line (``shieldtune: error: ...``) with exit
 status 2; tracebacks are reserved for bugs.
@@ -15,7 +15,7 @@ from shieldtune.config import Config
 from shieldtune.errors import CheckpointError, ConfigError, ShieldtuneError
 from shieldtune.signals import interrupt_on_sigterm
 
-EXAMPLE_CONFIG = "configs/mnist.yaml"
+EXAMPLE_CONFIG = "configs/mnist-cnn.yaml"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
         "env-check", help="run gymnasium's env_checker on shieldtune/Hyperparam-v0"
     )
     _add_config_args(check)
+
+    task_check = sub.add_parser(
+        "task-check",
+        help="check a task (built-in or your plug-in) against the task contract",
+        description="Loads the task's data, builds its model and checks them against the "
+        "contract (docs/tasks.md): splits, labels, output shape, reproducible seeding, loss, "
+        "a short training segment, input domain, extra metrics and hyperparameters.",
+    )
+    _add_config_args(task_check)
+    task_check.add_argument(
+        "--task",
+        metavar="ENTRY_POINT",
+        help="a built-in task name or package.module:factory (default: the config's task)",
+    )
 
     from shieldtune.pipeline.cli import add_pipeline_parser
 
@@ -176,13 +190,15 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.config import apply_override, config_from_dict, load_config
-    from shieldtune.data import load_mnist
     from shieldtune.pipeline.stages import load_model
-    from shieldtune.safety.suite import safety_report
+    from shieldtune.safety.suite import test_report
+    from shieldtune.tasks.checker import load_task_data
+    from shieldtune.tasks.registry import make_task
+    from shieldtune.training.device import resolve_device
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
-    model, ckpt = load_model(path)
+    model, ckpt, _ = load_model(path)
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:  # default to the tuning job's own config: same model, same splits
@@ -190,7 +206,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for assignment in args.overrides:
             apply_override(raw, assignment)
         cfg = config_from_dict(raw)
-    report = safety_report(model, load_mnist(cfg.data), cfg.safety, seed=cfg.tuner.seed)
+    task = make_task(cfg.task)
+    data = load_task_data(task, cfg.data)
+    device = resolve_device(cfg.training.device)
+    report = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
@@ -230,6 +249,23 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_task_check(args: argparse.Namespace) -> int:
+    from shieldtune.config import load_config
+    from shieldtune.tasks.checker import check_task
+    from shieldtune.tasks.registry import make_task
+
+    overrides = list(args.overrides)
+    if args.task is not None:
+        overrides.insert(0, f"task.entry_point={args.task}")
+    cfg = load_config(args.config, overrides)  # validates the config against the task
+    task = make_task(cfg.task)
+    print(f"checking task {task.name!r} ({cfg.task.entry_point})", file=sys.stderr)
+    for line in check_task(task, cfg.data, seed=cfg.tuner.seed):
+        print(f"  ok  {line}")
+    print(f"task {task.name!r} passes the task contract")
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from shieldtune.pipeline.cli import cmd_pipeline
 
@@ -241,6 +277,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "step": _cmd_step,
     "env-check": _cmd_env_check,
+    "task-check": _cmd_task_check,
     "pipeline": _cmd_pipeline,
 }
 

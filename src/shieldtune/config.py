@@ -9,6 +9,7 @@ one-line message naming the key, the value and the allowed range.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import reprlib
@@ -28,8 +29,9 @@ DEFAULT_OUTPUT_DIR = "shieldtune-runs"
 #: Longest string value accepted anywhere in a config (paths, names, constraints).
 MAX_STRING = 4096
 
-#: Hyperparameters the training segment understands; any of them may be tuned.
-TUNABLE_HYPERPARAMETERS = ("learning_rate", "batch_size", "weight_decay", "momentum", "adv_mix")
+#: Longest task.kwargs (as JSON) and deepest nesting accepted.
+MAX_KWARGS_CHARS = 65536
+MAX_KWARGS_DEPTH = 8
 
 
 def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
@@ -53,7 +55,11 @@ _K8S_QUANTITY = r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?"
 class HyperparameterSpec:
     """One tunable dimension: the actions move it down, keep it, or move it up."""
 
-    name: str = field(default="learning_rate", metadata=_choices(*TUNABLE_HYPERPARAMETERS))
+    #: A built-in hyperparameter (learning_rate, batch_size, weight_decay, momentum, adv_mix)
+    #: or one the task adds (see shieldtune.tasks.TaskHyperparameter).
+    name: str = field(
+        default="learning_rate", metadata=_pattern(r"[A-Za-z_][A-Za-z0-9_]{0,63}", "dropout")
+    )
     init: float = 0.05
     low: float = 1e-4
     high: float = 1.0
@@ -64,22 +70,35 @@ class HyperparameterSpec:
 
 
 @dataclass
-class DataConfig:
-    #: ``bundled``: the 10,000 real MNIST test images shipped in the package (offline);
-    #: ``torchvision``: download the full MNIST with torchvision; ``idx``: a local IDX folder.
-    source: str = field(default="bundled", metadata=_choices("bundled", "torchvision", "idx"))
-    root: str | None = None
-    train_size: int = field(default=6000, metadata=_range(10, 70000))
-    val_size: int = field(default=2000, metadata=_range(10, 70000))
-    test_size: int = field(default=2000, metadata=_range(10, 70000))
-    split_seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+class TaskConfig:
+    """Which model and data are tuned (see docs/tasks.md)."""
+
+    #: A built-in task (mnist-cnn, breast-cancer, japanese-vowels) or an import string
+    #: ``package.module:factory`` whose ``factory(**kwargs)`` returns a shieldtune Task.
+    entry_point: str = field(
+        default="mnist-cnn",
+        metadata=_pattern(r"[A-Za-z0-9_.:-]{1,512}", "my_pkg.tasks:make_task"),
+    )
+    #: Keyword arguments of the factory (model widths, variants, ...).
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class ModelConfig:
-    conv1_channels: int = field(default=8, metadata=_range(1, 512))
-    conv2_channels: int = field(default=16, metadata=_range(1, 512))
-    hidden: int = field(default=64, metadata=_range(1, 4096))
+class DataConfig:
+    """Where the task's data is and how it is split; each task reads what applies to it."""
+
+    #: The task's data source (mnist-cnn: ``bundled`` real 10k sample, offline;
+    #: ``torchvision`` download; ``idx`` local folder). Tasks list what they accept.
+    source: str = field(default="bundled", metadata=_pattern(r"[a-z0-9][a-z0-9_-]{0,63}", "idx"))
+    #: A folder, PVC path or URI of the data, for tasks that read files.
+    root: str | None = None
+    #: Split sizes; unset means the task's own default.
+    train_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    val_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    test_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    split_seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    #: DataLoader worker processes for tasks whose data is not held in memory.
+    loader_workers: int = field(default=0, metadata=_range(0, 64))
 
 
 @dataclass
@@ -97,20 +116,30 @@ class TrainingConfig:
     max_loss: float = field(default=100.0, metadata=_range(1e-3, 1e12))
     #: Training samples processed per environment step (one segment).
     segment_samples: int = field(default=3000, metadata=_range(1, 10_000_000))
+    #: Fixed values of hyperparameters the task adds (e.g. dropout), where not its defaults.
+    task_hyperparameters: dict[str, float] = field(default_factory=dict)
+    #: Where a step trains and evaluates: ``auto`` (the first GPU if there is one), ``cpu``,
+    #: ``cuda`` or ``cuda:N``.
+    device: str = field(default="auto", metadata=_pattern(r"auto|cpu|cuda(:[0-9]{1,2})?", "cuda:0"))
+    #: Mixed precision for training forward passes (bfloat16 autocast); attacks and
+    #: evaluation stay in float32.
+    amp: bool = False
 
 
 @dataclass
 class SafetyConfig:
     #: Constraints ``METRIC >= VALUE`` or ``METRIC <= VALUE``; all must hold.
     constraints: list[str] = field(default_factory=lambda: ["fgsm_robust_acc >= 0.70"])
-    #: L-inf attack radius in pixel units (images live in [0, 1]).
-    epsilon: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    #: L-inf attack radius in the task's input units (pixels in [0, 1] for images,
+    #: standardised units for the built-in tabular and speech tasks).
+    epsilon: float = field(default=0.1, metadata=_range(0.0, 100.0))
     pgd_steps: int = field(default=10, metadata=_range(1, 1000))
     pgd_restarts: int = field(default=2, metadata=_range(1, 100))
-    #: Samples attacked per environment step (the final report uses the whole test split).
-    eval_samples: int = field(default=500, metadata=_range(1, 70000))
-    #: Members and non-members each, for the membership-inference attack.
-    mia_samples: int = field(default=1000, metadata=_range(2, 70000))
+    #: Validation samples attacked per environment step, at most the whole split (the final
+    #: report attacks the whole test split).
+    eval_samples: int = field(default=500, metadata=_range(1, 10_000_000))
+    #: Members and non-members each for membership inference, at most the smaller split.
+    mia_samples: int = field(default=1000, metadata=_range(2, 10_000_000))
 
 
 @dataclass
@@ -246,7 +275,8 @@ class TrackingConfig:
     enabled: bool = True
     experiment: str = "shieldtune"
     run_name: str | None = None
-    registered_model_name: str = "shieldtune-mnist-cnn"
+    #: Default: ``shieldtune-<task name>``.
+    registered_model_name: str | None = None
     log_model: bool = True
     #: MLflow HTTP retries per request, with exponential backoff (factor * 2**n seconds);
     #: after them the job stops with a clear error and can be resumed.
@@ -256,8 +286,8 @@ class TrackingConfig:
 
 @dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -269,6 +299,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def registered_model_name(self) -> str:
+        """The Model Registry name: ``tracking.registered_model_name`` or ``shieldtune-<task>``."""
+        if self.tracking.registered_model_name:
+            return self.tracking.registered_model_name
+        from shieldtune.tasks.registry import make_task
+
+        return f"shieldtune-{make_task(self.task).name}"
 
 
 # --------------------------------------------------------------------------- building
@@ -313,6 +352,8 @@ def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | No
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' = {_show(value)} must be a list")
         return [_convert(f"{key}[{i}]", v, item_type, None) for i, v in enumerate(value)]
+    if origin is dict:
+        return _convert_mapping(key, value, typing.get_args(annotation)[1])
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             value = dataclasses.asdict(value)
@@ -370,6 +411,47 @@ def _convert(key: str, value: Any, annotation: Any, meta: dataclasses.Field | No
     return value
 
 
+def _convert_mapping(key: str, value: Any, value_type: Any) -> dict[str, Any]:
+    """A mapping with identifier keys; plain data (YAML/JSON scalars, lists, mappings) as
+    values when ``value_type`` is ``Any``."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}' = {_show(value)} must be a mapping")
+    for name in value:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+            raise ConfigError(f"config key '{key}' has a malformed key {_show(name)}")
+    if value_type is not Any:
+        return {k: _convert(f"{key}.{k}", v, value_type, None) for k, v in value.items()}
+    _check_plain(key, value, 0)
+    size = len(json.dumps(value))
+    if size > MAX_KWARGS_CHARS:
+        raise ConfigError(
+            f"config key '{key}' is {size} characters as JSON; at most {MAX_KWARGS_CHARS}"
+        )
+    return dict(value)
+
+
+def _check_plain(key: str, value: Any, depth: int) -> None:
+    """Plain, finite, JSON-representable data, nested at most ``MAX_KWARGS_DEPTH`` deep."""
+    if depth > MAX_KWARGS_DEPTH:
+        raise ConfigError(f"config key '{key}' is nested more than {MAX_KWARGS_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"config key '{key}' has a non-string key {_show(k)}")
+            _check_plain(f"{key}.{k}", v, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(f"{key}[{i}]", v, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' = {_show(value)} must be a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        raise ConfigError(f"config key '{key}' = {_show(value)} is too large")
+    elif isinstance(value, str) and (len(value) > MAX_STRING or "\x00" in value):
+        raise ConfigError(f"config key '{key}' holds an overlong string or a NUL character")
+    elif not isinstance(value, str | int | float | bool | type(None)):
+        raise ConfigError(f"config key '{key}' = {_show(value)} must be plain data")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -399,45 +481,20 @@ def _check_cross_field(cfg: Config) -> None:
         raise ConfigError(
             "config key 'env.search_space' is empty; list at least one hyperparameter"
         )
-    seen: set[str] = set()
-    for i, hp in enumerate(cfg.env.search_space):
-        key = f"env.search_space[{i}]"
-        if hp.name in seen:
-            raise ConfigError(f"config key '{key}.name' = {hp.name!r} is listed twice")
-        seen.add(hp.name)
-        if not hp.low < hp.high:
-            raise ConfigError(
-                f"config key '{key}' has low={hp.low} >= high={hp.high}; need low < high"
-            )
-        if not hp.low <= hp.init <= hp.high:
-            raise ConfigError(
-                f"config key '{key}.init' = {hp.init} is out of range; "
-                f"allowed: [{hp.low}, {hp.high}]"
-            )
-        if hp.scale == "log" and (hp.low <= 0 or hp.factor <= 1.0):
-            raise ConfigError(
-                f"config key '{key}' uses scale 'log', which needs low > 0 and factor > 1 "
-                f"(got low={hp.low}, factor={hp.factor})"
-            )
-        limits = _range_of_training_key(hp.name)
-        if limits is not None and (hp.low < limits[0] or hp.high > limits[1]):
-            raise ConfigError(
-                f"config key '{key}' bounds [{hp.low}, {hp.high}] leave the range allowed for "
-                f"{hp.name}: [{limits[0]}, {limits[1]}]"
-            )
-        if hp.name == "batch_size" and not hp.integer:
-            raise ConfigError(f"config key '{key}.integer' must be true for batch_size")
-    for metric_key, size_key in (("eval_samples", "val_size"), ("mia_samples", "val_size")):
-        size = getattr(cfg.data, size_key)
-        if getattr(cfg.safety, metric_key) > size:
-            raise ConfigError(
-                f"config key 'safety.{metric_key}' = {getattr(cfg.safety, metric_key)} exceeds "
-                f"data.{size_key} = {size}; lower it or enlarge the split"
-            )
     _check_executor(cfg)
-    from shieldtune.safety.spec import parse_constraints
+    _check_device(cfg)
+    from shieldtune.tasks.validation import check_config_against_task
 
-    parse_constraints(cfg.safety.constraints)
+    check_config_against_task(cfg)
+
+
+def _check_device(cfg: Config) -> None:
+    gpu = cfg.training.device.startswith("cuda")
+    if cfg.tuner.executor == "kubernetes" and gpu and cfg.kubernetes.gpus < 1:
+        raise ConfigError(
+            f"training.device={cfg.training.device} runs steps on a GPU, but kubernetes.gpus "
+            "is 0; request one (kubernetes.gpus=1) or use training.device=auto"
+        )
 
 
 def _check_executor(cfg: Config) -> None:
@@ -454,12 +511,6 @@ def _check_executor(cfg: Config) -> None:
             "kubernetes.transport 'mlflow' moves step files through the tuning run's artifacts, "
             "so tracking.enabled must be true (or use kubernetes.transport=volume)"
         )
-
-
-def _range_of_training_key(name: str) -> tuple[float, float] | None:
-    f = {f.name: f for f in dataclasses.fields(TrainingConfig)}[name]
-    lo, hi = f.metadata.get("range", (None, None))
-    return None if lo is None or hi is None else (lo, hi)
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
@@ -545,14 +596,11 @@ def flatten(cfg: Config) -> dict[str, str]:
     """Flatten a config to ``section.key -> str`` pairs (for MLflow params)."""
     out: dict[str, str] = {}
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list):
-            out[prefix] = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-        else:
-            out[prefix] = str(value)
-
-    walk("", cfg.to_dict())
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            if isinstance(value, list | dict):  # lists and mappings (task.kwargs) in YAML flow
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            else:
+                text = str(value)
+            out[f"{section}.{key}"] = text
     return out

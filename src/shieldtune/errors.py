@@ -26,6 +26,10 @@ class CheckpointError(ShieldtuneError):
     """A checkpoint or policy file is missing, corrupted or of the wrong kind."""
 
 
+class TaskError(ShieldtuneError):
+    """A task (built-in or a user's plug-in) cannot be found, built, or breaks the contract."""
+
+
 class StepFailedError(ShieldtuneError):
     """An environment step kept failing after its bounded retries (or could not be started)."""
 

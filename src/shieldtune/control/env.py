@@ -37,10 +37,12 @@ import numpy as np
 
 from shieldtune.config import Config, config_from_dict
 from shieldtune.control.search_space import SearchSpace
-from shieldtune.executors.local import StepExecutor, StepRequest, StepResult, TrainState
+from shieldtune.executors.base import StepExecutor
 from shieldtune.rng import rng_state, set_rng_state
-from shieldtune.safety.spec import parse_constraints, spec_cost
-from shieldtune.training.segment import fixed_hyperparameters
+from shieldtune.safety.spec import available_metrics, parse_constraints, spec_cost
+from shieldtune.tasks.registry import make_task
+from shieldtune.training.hyperparameters import fixed_hyperparameters
+from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 ENV_ID = "shieldtune/Hyperparam-v0"
 OBS_METRICS = ("val_acc", "fgsm_robust_acc", "mia_advantage")
@@ -80,12 +82,13 @@ class HyperparamEnv(gym.Env):
     ) -> None:
         self.cfg = config if isinstance(config, Config) else config_from_dict(config)
         self.space = SearchSpace(self.cfg.env.search_space)
-        self.constraints = parse_constraints(self.cfg.safety.constraints)
+        task = make_task(self.cfg.task)
+        self.constraints = parse_constraints(self.cfg.safety.constraints, available_metrics(task))
         self.action_space = gym.spaces.Discrete(self.space.n_actions)
         n_obs = len(OBS_METRICS) + 1 + len(self.space.specs) + 2
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(n_obs,), dtype=np.float32)
         self._executor = executor
-        self._fixed = fixed_hyperparameters(self.cfg.training)
+        self._fixed = fixed_hyperparameters(self.cfg.training, task)
         self.state: TrainState | None = None
         self.hyperparameters: dict[str, float] = self.space.initial()
         self.metrics: dict[str, float] = {}
@@ -103,10 +106,10 @@ class HyperparamEnv(gym.Env):
     @property
     def executor(self) -> StepExecutor:
         if self._executor is None:
-            from shieldtune.data import load_mnist
             from shieldtune.executors.local import LocalStepExecutor
+            from shieldtune.training.step import StepRunner
 
-            self._executor = LocalStepExecutor(self.cfg, load_mnist(self.cfg.data))
+            self._executor = LocalStepExecutor(StepRunner.from_config(self.cfg))
         return self._executor
 
     @property

@@ -34,14 +34,18 @@ from shieldtune.config import DEFAULT_OUTPUT_DIR, Config
 from shieldtune.control.agent import DQNAgent
 from shieldtune.control.env import HyperparamEnv
 from shieldtune.control.shield import SafetyShield, ShieldDecision
-from shieldtune.data import MnistSplits, load_mnist
 from shieldtune.errors import CheckpointError, is_existing_file
+from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
-from shieldtune.executors.local import StepExecutor, StepResult
-from shieldtune.model import build_model
-from shieldtune.safety.suite import safety_report
-from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.safety.suite import test_report
+from shieldtune.tasks.batches import first_inputs
+from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.contract import TaskData
+from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.plots import plot_steps
+from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.training.device import resolve_device
+from shieldtune.training.step import StepResult, build_model
 
 
 @dataclass
@@ -336,7 +340,7 @@ def find_resume_state(output_dir: str | Path, run_id: str) -> dict[str, Any]:
 
 def run_tuning(
     cfg: Config,
-    splits: MnistSplits | None = None,
+    data: TaskData | None = None,
     executor: StepExecutor | None = None,
     resume: dict[str, Any] | None = None,
 ) -> TuningSummary:
@@ -352,7 +356,7 @@ def run_tuning(
 
     start = time.perf_counter()
     torch.manual_seed(cfg.tuner.seed)
-    splits = splits if splits is not None else load_mnist(cfg.data)
+    data = data if data is not None else load_task_data(make_task(cfg.task), cfg.data)
     env = HyperparamEnv(cfg)  # sizes the networks; the slots' environments do the work
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)
@@ -390,7 +394,7 @@ def run_tuning(
     status = "FAILED"
     try:
         if executor is None:
-            executor = make_executor(cfg, splits, tracker.parent_id)
+            executor = make_executor(cfg, data, tracker.parent_id)
         slots = [_Slot(i, HyperparamEnv(cfg, executor)) for i in range(n_envs)]
 
         def checkpoint() -> None:
@@ -478,7 +482,7 @@ def run_tuning(
         checkpoint()
         bar.close()
         summary = _finish(
-            cfg, splits, env, agent, shield, tracker, out_dir, job.records, job.audit, job.best
+            cfg, data, env, agent, shield, tracker, out_dir, job.records, job.audit, job.best
         )
         summary.update(
             episodes_run=job.next_episode,
@@ -528,7 +532,7 @@ def _early_stop(cfg: Config, best: BestFeasible | None, violations: int) -> str 
 
 def _finish(
     cfg: Config,
-    splits: MnistSplits,
+    data: TaskData,
     env: HyperparamEnv,
     agent: DQNAgent,
     shield: SafetyShield,
@@ -562,11 +566,13 @@ def _finish(
 
     test_metrics = best_dict = registered = None
     if best is not None:
-        model = build_model(cfg.model)
+        task = make_task(cfg.task)
+        model = build_model(task, best.init_seed, torch.device("cpu"))
         model.load_state_dict(best.model_state)
         model.eval()
         if cfg.tuner.test_report:
-            test_metrics = safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed)
+            device = resolve_device(cfg.training.device)
+            test_metrics = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
         best_dict = {
             "episode": best.episode,
             "step": best.step,
@@ -588,7 +594,7 @@ def _finish(
             registered = tracker.log_model(
                 model,
                 ckpt,
-                splits.test.x[:2],
+                first_inputs(data.test, 2),
                 bool(test_metrics["constraints_satisfied"]),
                 test_metrics,
             )

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from shieldtune.config import Config
-from shieldtune.data import MnistSplits
-from shieldtune.executors.local import LocalStepExecutor, StepExecutor
+from shieldtune.executors.base import StepExecutor
+from shieldtune.executors.local import LocalStepExecutor
+from shieldtune.tasks.contract import TaskData
+from shieldtune.training.step import StepRunner
 
 
-def make_executor(cfg: Config, splits: MnistSplits, mlflow_run_id: str | None) -> StepExecutor:
+def make_executor(cfg: Config, data: TaskData, mlflow_run_id: str | None) -> StepExecutor:
     """The backend ``cfg.tuner.executor`` names, ready to run steps."""
     kind = cfg.tuner.executor
     if kind == "local":
-        return LocalStepExecutor(cfg, splits)
+        return LocalStepExecutor(StepRunner.from_config(cfg, data))
     if kind == "process":
         from shieldtune.executors.process import ProcessStepExecutor
 
-        return ProcessStepExecutor(cfg, splits)
+        return ProcessStepExecutor(cfg, data)
     from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
     from shieldtune.executors.step_files import DirStepStore, MlflowStepStore
 

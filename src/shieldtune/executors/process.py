@@ -1,6 +1,6 @@
 """``process`` backend: environment steps in a pool of worker processes on this machine.
 
-Each worker builds one :class:`~shieldtune.executors.local.LocalStepExecutor` (model
+Each worker builds one :class:`~shieldtune.training.step.StepRunner` (the job's
 config + data splits, sent once when the worker starts) and trains the steps
 it is handed, so ``tuner.num_envs`` environments train at the same time. The
 cores are split between workers (``torch.set_num_threads``), because torch
@@ -24,19 +24,19 @@ from dataclasses import replace
 from typing import Any
 
 from shieldtune.config import Config, config_from_dict
-from shieldtune.data import MnistSplits
 from shieldtune.errors import StepFailedError
-from shieldtune.executors.local import LocalStepExecutor, StepRequest, StepResult
+from shieldtune.tasks.contract import TaskData, TensorSplit
+from shieldtune.training.step import StepRequest, StepResult, StepRunner
 
-_worker: LocalStepExecutor | None = None
+_worker: StepRunner | None = None
 
 
-def _init_worker(config: dict[str, Any], splits: MnistSplits, threads: int) -> None:
+def _init_worker(config: dict[str, Any], data: TaskData | None, threads: int) -> None:
     import torch
 
     global _worker
     torch.set_num_threads(threads)
-    _worker = LocalStepExecutor(config_from_dict(config), splits)
+    _worker = StepRunner.from_config(config_from_dict(config), data)
 
 
 def _run_in_worker(request: StepRequest) -> StepResult:
@@ -55,14 +55,17 @@ class ProcessStepExecutor:
     def __init__(
         self,
         cfg: Config,
-        splits: MnistSplits,
+        data: TaskData,
         workers: int | None = None,
         threads: int | None = None,
     ) -> None:
         self.workers = workers or cfg.tuner.num_envs
         self.retries = cfg.tuner.step_retries
         threads = threads or cfg.tuner.worker_threads or threads_per_worker(self.workers)
-        self._initargs = (cfg.to_dict(), splits, threads)
+        # In-memory splits are sent to each worker once; a streamed dataset is reopened by
+        # each worker through its task (it may not pickle, and need not fit in memory).
+        in_memory = all(isinstance(s, TensorSplit) for s in (data.train, data.val, data.test))
+        self._initargs = (cfg.to_dict(), data if in_memory else None, threads)
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from shieldtune.checkpoint import atomic_save, safe_load
 from shieldtune.errors import CheckpointError, ConfigError, StepFailedError, first_line
-from shieldtune.executors.local import StepRequest, StepResult, TrainState
+from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 REQUEST_KIND = "shieldtune.step-request/v1"
 RESULT_KIND = "shieldtune.step-result/v1"
@@ -166,14 +166,13 @@ def run_stored_step(store: StepStore, step_id: str, threads: int | None = None) 
     import torch
 
     from shieldtune.config import config_from_dict
-    from shieldtune.data import load_mnist
-    from shieldtune.executors.local import LocalStepExecutor
+    from shieldtune.training.step import StepRunner
 
     if threads:
         torch.set_num_threads(threads)
     request, config = request_from_payload(store.get(step_id, REQUEST_FILE, REQUEST_KIND))
     cfg = config_from_dict(config)
-    result = LocalStepExecutor(cfg, load_mnist(cfg.data)).run(request)
+    result = StepRunner.from_config(cfg).run(request)
     store.put(step_id, RESULT_FILE, result_payload(result))
     return result
 

@@ -81,7 +81,7 @@ def pipeline_params(cfg: Config, pipeline: str) -> dict[str, Any]:
         "steps_per_episode": cfg.env.steps_per_episode,
     }
     if pipeline == "retune_pipeline":
-        params["champion_model_uri"] = f"models:/{cfg.tracking.registered_model_name}@champion"
+        params["champion_model_uri"] = f"models:/{cfg.registered_model_name}@champion"
     return params
 
 

@@ -3,7 +3,9 @@
 KFP embeds each function's source in the component spec and runs it in the
 component image, so every body imports what it uses, and this module must
 not use ``from __future__ import annotations`` (KFP reads real annotations).
-Configuration travels as ``config_json`` plus explicit, typed parameters.
+Configuration travels as ``config_json``: ``prepare_data`` resolves the
+pipeline's config (its ``config_json`` with the task and data root the run
+names) and returns it, and every later component reads that one config.
 """
 
 from kfp.dsl import (
@@ -18,14 +20,29 @@ from kfp.dsl import (
 )
 
 
-def prepare_data(config_json: str, dataset: Output[Dataset]):
-    """MNIST (bundled sample, IDX folder or torchvision) -> seeded splits + manifest."""
+def prepare_data(
+    config_json: str,
+    task_entry_point: str,
+    task_kwargs_json: str,
+    data_root: str,
+    dataset: Output[Dataset],
+) -> str:
+    """The task's data -> seeded splits (or a reference to large data) + manifest.
+
+    ``task_entry_point``, ``task_kwargs_json`` and ``data_root`` (empty: keep
+    ``config_json``'s) name the task and where its data is; returns the resolved
+    config as JSON, which every later component reads.
+    """
+    import json
     from pathlib import Path
 
-    from shieldtune.pipeline.stages import pipeline_config, prepare_data
+    from shieldtune.pipeline.stages import pipeline_config, prepare_data, task_overrides
 
-    manifest = prepare_data(pipeline_config(config_json, {}), Path(dataset.path))
-    dataset.metadata.update(manifest)
+    overrides = task_overrides(task_entry_point, task_kwargs_json, data_root)
+    cfg = pipeline_config(config_json, overrides)
+    manifest = prepare_data(cfg, Path(dataset.path))
+    dataset.metadata.update({k: v for k, v in manifest.items() if k != "task_kwargs"})
+    return json.dumps(cfg.to_dict())
 
 
 def tune(
@@ -37,6 +54,7 @@ def tune(
     constraints_json: str,
     num_envs: int,
     executor: str,
+    warm_start: bool,
     warm_start_model_uri: str,
     kfp_run_id: str,
     policy: Output[Artifact],
@@ -70,7 +88,7 @@ def tune(
             "tuner.executor": executor,
         },
     )
-    summary = tune(cfg, load_prepared(Path(dataset.path)), warm_start_model_uri)
+    summary = tune(cfg, load_prepared(Path(dataset.path), cfg), warm_start, warm_start_model_uri)
     shutil.copyfile(Path(summary["output_dir"]) / "agent.pt", policy.path)
     best = summary["best"]
     plan = {"init_seed": best["init_seed"], "segments": best["schedule"]} if best else None
@@ -107,7 +125,7 @@ def train_final(
     if plan is None:
         raise SystemExit("tuning found no feasible schedule; nothing to train")
     cfg = pipeline_config(config_json, {})
-    val = train_final(cfg, load_prepared(Path(dataset.path)), plan, Path(model.path))
+    val = train_final(cfg, load_prepared(Path(dataset.path), cfg), plan, Path(model.path))
     model.metadata.update({f"val_{k}": v for k, v in val.items()})
     if mlflow_run_id:
         log_final_metrics(mlflow_run_id, val)
@@ -132,10 +150,12 @@ def evaluate_safety(
     )
 
     cfg = pipeline_config(config_json, {})
-    report, matrix = evaluate_safety(cfg, load_prepared(Path(dataset.path)), Path(model.path))
+    report, matrix, labels = evaluate_safety(
+        cfg, load_prepared(Path(dataset.path), cfg), Path(model.path)
+    )
     for key, value in report.items():
         metrics.log_metric(key, float(value))
-    confusion.log_confusion_matrix([str(d) for d in range(10)], matrix)
+    confusion.log_confusion_matrix(labels, matrix)
     if mlflow_run_id:
         log_test_report(mlflow_run_id, report)
     return bool(report["constraints_satisfied"])
@@ -156,7 +176,7 @@ def register_model(
     from shieldtune.pipeline.stages import load_prepared, pipeline_config, register
 
     cfg = pipeline_config(config_json, {})
-    splits = load_prepared(Path(dataset.path))
+    data = load_prepared(Path(dataset.path), cfg)
     values = {k: float(v) for k, v in report.metadata.items() if isinstance(v, int | float)}
-    info = register(cfg, splits, Path(model.path), values, mlflow_run_id, set_champion)
+    info = register(cfg, data, Path(model.path), values, mlflow_run_id, set_champion)
     return json.dumps(info)

@@ -85,15 +85,30 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
 
     def graph(
         config_json: str,
+        task_entry_point: str,
+        task_kwargs_json: str,
+        data_root: str,
         episodes: int,
         steps_per_episode: int,
         search_space_json: str,
         constraints_json: str,
         num_envs: int,
         executor: str,
+        warm_start: bool,
         warm_start_model_uri: str,
     ) -> None:
-        data = _configure(c["prepare_data"](config_json=config_json), "prepare_data", cache=True)
+        data = _configure(
+            c["prepare_data"](
+                config_json=config_json,
+                task_entry_point=task_entry_point,
+                task_kwargs_json=task_kwargs_json,
+                data_root=data_root,
+            ),
+            "prepare_data",
+            cache=True,
+        )
+        # Every later stage reads the config prepare_data resolved (task and data root in).
+        config_json = data.outputs["Output"]
         tuned = _configure(
             c["tune"](
                 dataset=data.outputs["dataset"],
@@ -104,6 +119,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
                 constraints_json=constraints_json,
                 num_envs=num_envs,
                 executor=executor,
+                warm_start=warm_start,
                 warm_start_model_uri=warm_start_model_uri,
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
@@ -156,6 +172,9 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
     )
     def tuning_pipeline(
         config_json: str = "{}",
+        task_entry_point: str = "",
+        task_kwargs_json: str = "",
+        data_root: str = "",
         episodes: int = 6,
         steps_per_episode: int = 8,
         search_space_json: str = "",
@@ -165,12 +184,16 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
     ) -> None:
         graph(
             config_json,
+            task_entry_point,
+            task_kwargs_json,
+            data_root,
             episodes,
             steps_per_episode,
             search_space_json,
             constraints_json,
             num_envs,
             executor,
+            warm_start=False,
             warm_start_model_uri="",
         )
 
@@ -181,22 +204,29 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
     )
     def retune_pipeline(
         config_json: str = "{}",
+        task_entry_point: str = "",
+        task_kwargs_json: str = "",
+        data_root: str = "",
         episodes: int = 6,
         steps_per_episode: int = 8,
         search_space_json: str = "",
         constraints_json: str = "",
         num_envs: int = 1,
         executor: str = "local",
-        champion_model_uri: str = "models:/shieldtune-mnist-cnn@champion",
+        champion_model_uri: str = "",
     ) -> None:
         graph(
             config_json,
+            task_entry_point,
+            task_kwargs_json,
+            data_root,
             episodes,
             steps_per_episode,
             search_space_json,
             constraints_json,
             num_envs,
             executor,
+            warm_start=True,
             warm_start_model_uri=champion_model_uri,
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from shieldtune.checkpoint import (
     MODEL_KIND,
@@ -25,14 +26,21 @@ from shieldtune.checkpoint import (
     save_model_checkpoint,
 )
 from shieldtune.config import Config, apply_override, config_from_dict
-from shieldtune.data import MnistSplits, Split, load_mnist
-from shieldtune.errors import CheckpointError, ConfigError
-from shieldtune.executors.local import LocalStepExecutor, StepRequest, TrainState
-from shieldtune.model import build_model
-from shieldtune.safety.suite import safety_report
+from shieldtune.errors import CheckpointError, ConfigError, DataError
+from shieldtune.safety.suite import test_report
+from shieldtune.tasks.batches import first_inputs, iterate, labels
+from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.contract import Task, TaskData, TensorSplit
+from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.tracker import Tracker, download_policy, log_to_run, set_run_tag
+from shieldtune.training.device import resolve_device
+from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
 
 SPLITS_KIND = "shieldtune.splits/v1"
+#: In-memory splits up to this size travel as a KFP artifact; larger ones, and streamed
+#: datasets, are passed by reference (each stage reloads them through the task).
+INLINE_LIMIT_BYTES = 256 * 2**20
+_SPLITS = ("train", "val", "test")
 
 
 def pipeline_config(config_json: str, overrides: dict[str, Any]) -> Config:
@@ -50,43 +58,75 @@ def pipeline_config(config_json: str, overrides: dict[str, Any]) -> Config:
     return config_from_dict(raw)
 
 
+def task_overrides(entry_point: str, kwargs_json: str, data_root: str) -> dict[str, Any]:
+    """The pipeline's task and data parameters as config overrides (empty ones are skipped)."""
+    overrides: dict[str, Any] = {"task.entry_point": entry_point, "data.root": data_root}
+    if kwargs_json.strip():
+        try:
+            kwargs = json.loads(kwargs_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"task_kwargs_json is not valid JSON: {exc.msg} at char {exc.pos}"
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError("task_kwargs_json must be a JSON object of keyword arguments")
+        overrides["task.kwargs"] = kwargs
+    return overrides
+
+
 # --------------------------------------------------------------------------- data
 
 
 def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
-    """Load MNIST per config and save the three splits plus a manifest into ``out_dir``."""
-    splits = load_mnist(cfg.data)
+    """Ask the task for its data; save the splits into ``out_dir`` when they are small tensors,
+    else a reference (the task and data config), plus a manifest either way."""
+    task = make_task(cfg.task)
+    data = load_task_data(task, cfg.data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(
-        {
-            "kind": SPLITS_KIND,
-            **{name: {"x": s.x, "y": s.y} for name, s in _named(splits)},
-        },
-        out_dir / "splits.pt",
-    )
+    splits = {name: getattr(data, name) for name in _SPLITS}
+    in_memory = all(isinstance(s, TensorSplit) for s in splits.values())
+    size = sum(s.x.nbytes + s.y.nbytes for s in splits.values()) if in_memory else None
+    inline = in_memory and size <= INLINE_LIMIT_BYTES
+    if inline:
+        atomic_save(
+            {"kind": SPLITS_KIND, **{n: {"x": s.x, "y": s.y} for n, s in splits.items()}},
+            out_dir / "splits.pt",
+        )
     manifest = {
-        "source": splits.source,
+        "task": cfg.task.entry_point,
+        "task_kwargs": cfg.task.kwargs,
+        "source": data.source,
         "split_seed": cfg.data.split_seed,
-        **{f"{name}_size": len(s) for name, s in _named(splits)},
+        "storage": "inline" if inline else "reference",
+        **{f"{name}_size": len(s) for name, s in splits.items()},
         **{
-            f"{name}_class_counts": torch.bincount(s.y, minlength=10).tolist()
-            for name, s in _named(splits)
+            f"{name}_class_counts": torch.bincount(labels(s), minlength=task.num_classes).tolist()
+            for name, s in splits.items()
+            if isinstance(s, TensorSplit)
         },
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def _named(splits: MnistSplits) -> list[tuple[str, Split]]:
-    return [("train", splits.train), ("val", splits.val), ("test", splits.test)]
-
-
-def load_prepared(out_dir: Path) -> MnistSplits:
+def load_prepared(out_dir: Path, cfg: Config) -> TaskData:
+    """The splits ``prepare_data`` wrote (or, for a reference, the task's data reloaded)."""
+    try:
+        manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"the prepared dataset in {str(out_dir)!r} has no readable manifest ({exc})"
+        ) from None
+    if manifest.get("task") != cfg.task.entry_point:
+        raise ConfigError(
+            f"the prepared dataset is for task {manifest.get('task')!r} but the config names "
+            f"{cfg.task.entry_point!r}; run prepare_data with the same config"
+        )
+    if manifest.get("storage") == "reference":
+        return load_task_data(make_task(cfg.task), cfg.data)
     obj = safe_load(Path(out_dir) / "splits.pt", SPLITS_KIND)
-    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
-    return MnistSplits(
-        *(Split(obj[n]["x"], obj[n]["y"]) for n in ("train", "val", "test")),
-        source=manifest["source"],
+    return TaskData(
+        *(TensorSplit(obj[n]["x"], obj[n]["y"]) for n in _SPLITS), source=manifest["source"]
     )
 
 
@@ -102,19 +142,24 @@ def find_kfp_resume_state(kfp_run_id: str, cfg: Config) -> dict[str, Any] | None
     return None if path is None else safe_load(path, CONTROLLER_KIND)
 
 
-def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> dict[str, Any]:
+def tune(
+    cfg: Config, data: TaskData, warm_start: bool = False, warm_start_model_uri: str = ""
+) -> dict[str, Any]:
     """Run the controller loop; the registry is left to the gated register stage.
 
-    With ``warm_start_model_uri`` (e.g. ``models:/NAME@champion``) the controller
-    starts from the policy logged by the run that produced that model: the
-    scheduled-retuning path. If no such model exists yet, it starts cold and
-    says so in the summary.
+    With ``warm_start`` the controller starts from the policy logged by the run that
+    produced ``warm_start_model_uri`` (default: ``models:/<registered model>@champion``):
+    the scheduled-retuning path. If no such model exists yet, it starts cold and says
+    so in the summary.
     """
     from shieldtune.control.tuner import run_tuning
     from shieldtune.signals import interrupt_on_sigterm
 
     warm_note = "cold start"
-    if warm_start_model_uri:
+    if warm_start:
+        warm_start_model_uri = (
+            warm_start_model_uri or f"models:/{cfg.registered_model_name}@champion"
+        )
         policy = download_policy(warm_start_model_uri)
         if policy is not None:
             cfg.tuner.warm_start = str(policy)
@@ -132,7 +177,7 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
         cfg = config_from_dict(state["config"])
         warm_note += f"; resumed after step {state['job']['global_step']} of a failed attempt"
     with interrupt_on_sigterm():
-        summary = run_tuning(cfg, splits=splits, resume=state).to_dict()
+        summary = run_tuning(cfg, data=data, resume=state).to_dict()
     summary["warm_start"] = warm_note
     if summary["mlflow_run_id"]:
         set_run_tag(summary["mlflow_run_id"], "shieldtune.warm_start", warm_note)
@@ -142,17 +187,16 @@ def tune(cfg: Config, splits: MnistSplits, warm_start_model_uri: str = "") -> di
 # --------------------------------------------------------------------------- train final
 
 
-def replay_schedule(cfg: Config, splits: MnistSplits, schedule: dict[str, Any]) -> TrainState:
+def replay_schedule(runner: StepRunner, schedule: dict[str, Any]) -> TrainState:
     """Retrain a model from scratch with a recorded schedule (same seeds, same weights on CPU)."""
-    executor = LocalStepExecutor(cfg, splits)
     segments = schedule["segments"]
     if not segments:
         raise CheckpointError("the schedule has no segments; nothing to train")
     first_hp = {k: v for k, v in segments[0].items() if k not in ("step", "samples", "seed")}
-    state = executor.run(StepRequest(None, first_hp, 0, int(schedule["init_seed"]))).state
+    state = runner.run(StepRequest(None, first_hp, 0, int(schedule["init_seed"]))).state
     for seg in segments:
         hp = {k: v for k, v in seg.items() if k not in ("step", "samples", "seed")}
-        result = executor.run(StepRequest(state, hp, int(seg["samples"]), int(seg["seed"])))
+        result = runner.run(StepRequest(state, hp, int(seg["samples"]), int(seg["seed"])))
         if result.diverged:
             raise CheckpointError(
                 f"replaying segment {seg['step']} diverged; the schedule is unusable"
@@ -162,13 +206,14 @@ def replay_schedule(cfg: Config, splits: MnistSplits, schedule: dict[str, Any]) 
 
 
 def train_final(
-    cfg: Config, splits: MnistSplits, schedule: dict[str, Any], model_path: Path
+    cfg: Config, data: TaskData, schedule: dict[str, Any], model_path: Path
 ) -> dict[str, float]:
     """Train the final model with the best feasible schedule and save it as a checkpoint."""
-    state = replay_schedule(cfg, splits, schedule)
-    model = build_model(cfg.model)
+    runner = StepRunner.from_config(cfg, data)
+    state = replay_schedule(runner, schedule)
+    model = runner.new_model(int(schedule["init_seed"]))
     model.load_state_dict(state.model)
-    metrics = LocalStepExecutor(cfg, splits).evaluate(model, seed=cfg.tuner.seed)
+    metrics = runner.evaluate(model, seed=cfg.tuner.seed)
     save_model_checkpoint(model_path, state.model, cfg.to_dict(), schedule, metrics)
     return metrics
 
@@ -176,9 +221,16 @@ def train_final(
 # --------------------------------------------------------------------------- evaluate
 
 
-def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any], Config]:
+    """A checkpoint's model (on the CPU, eval mode), the checkpoint and the job's config."""
     ckpt = safe_load(model_path, MODEL_KIND)
-    model = build_model(config_from_dict({"model": ckpt["config"].get("model", {})}).model)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"'{model_path}' carries a config this shieldtune cannot use ({exc})"
+        ) from None
+    model = build_model(make_task(cfg.task), 0, torch.device("cpu"))
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:
@@ -187,26 +239,32 @@ def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
             f"'{model_path}' does not fit the model it describes: {first}"
         ) from None
     model.eval()
-    return model, ckpt
+    return model, ckpt, cfg
 
 
-def confusion_matrix(model: torch.nn.Module, split: Split) -> list[list[int]]:
+def confusion_matrix(task: Task, model: torch.nn.Module, split: Dataset) -> list[list[int]]:
+    device = torch.device("cpu")
+    preds, ys = [], []
     with torch.no_grad():
-        pred = torch.cat(
-            [model(split.x[i : i + 1000]).argmax(1) for i in range(0, len(split), 1000)]
-        )
-    matrix = torch.zeros(10, 10, dtype=torch.int64)
-    matrix.index_put_((split.y, pred), torch.ones_like(pred), accumulate=True)
+        for xb, yb in iterate(split, device):
+            preds.append(model(xb).argmax(1))
+            ys.append(yb)
+    pred, y = torch.cat(preds), torch.cat(ys)
+    k = task.num_classes
+    matrix = torch.zeros(k, k, dtype=torch.int64)
+    matrix.index_put_((y, pred), torch.ones_like(pred), accumulate=True)
     return matrix.tolist()
 
 
 def evaluate_safety(
-    cfg: Config, splits: MnistSplits, model_path: Path
-) -> tuple[dict[str, float], list[list[int]]]:
-    model, _ = load_model(model_path)
-    return safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed), confusion_matrix(
-        model, splits.test
-    )
+    cfg: Config, data: TaskData, model_path: Path
+) -> tuple[dict[str, float], list[list[int]], list[str]]:
+    """The test report, the confusion matrix and the class labels of a trained model."""
+    model, _, _ = load_model(model_path)
+    task = make_task(cfg.task)
+    device = resolve_device(cfg.training.device)
+    report = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
+    return report, confusion_matrix(task, model, data.test), task.labels()
 
 
 # --------------------------------------------------------------------------- register
@@ -214,21 +272,21 @@ def evaluate_safety(
 
 def register(
     cfg: Config,
-    splits: MnistSplits,
+    data: TaskData,
     model_path: Path,
     report: dict[str, float],
     run_id: str,
     set_champion: bool,
 ) -> dict[str, Any] | None:
     """Log the model into the job's MLflow run and register it; alias only if ``set_champion``."""
-    model, _ = load_model(model_path)
+    model, _, _ = load_model(model_path)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "best_model.pt"
         shutil.copyfile(model_path, ckpt)
         tracker = Tracker(cfg, _version())
         tracker.attach(run_id)
         try:
-            info = tracker.log_model(model, ckpt, splits.test.x[:2], set_champion, report)
+            info = tracker.log_model(model, ckpt, first_inputs(data.test, 2), set_champion, report)
         finally:
             tracker.finish()
     return info

@@ -12,21 +12,30 @@ normalises them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_EVAL_BATCH = 1000
+from shieldtune.tasks.batches import EVAL_BATCH
+from shieldtune.tasks.contract import PIXELS, InputDomain
+
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Fast Gradient Sign Method: ``clip(x + eps * sign(grad_x loss), 0, 1)``."""
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    domain: InputDomain = PIXELS,
+) -> torch.Tensor:
+    """Fast Gradient Sign Method: ``clip(x + eps * sign(grad_x loss))`` into the input domain."""
     x = x.detach().clone().requires_grad_(True)
     loss = F.cross_entropy(model(x), y)
     (grad,) = torch.autograd.grad(loss, x)
-    return (x.detach() + epsilon * grad.sign()).clamp_(0.0, 1.0)
+    return domain.clip(x.detach() + epsilon * grad.sign())
 
 
 def pgd(
@@ -37,53 +46,93 @@ def pgd(
     steps: int,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    domain: InputDomain = PIXELS,
 ) -> torch.Tensor:
-    """L-inf projected gradient descent from a uniform random start in the epsilon-ball."""
+    """L-inf projected gradient descent from a uniform random start in the epsilon-ball.
+
+    The random start is drawn on the CPU (``generator``), so a seed gives the same attack
+    on every device.
+    """
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
-    adv = (x + epsilon * noise).clamp(0.0, 1.0)
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+    adv = domain.clip(x + epsilon * noise)
     for _ in range(steps):
         adv.requires_grad_(True)
         loss = F.cross_entropy(model(adv), y)
         (grad,) = torch.autograd.grad(loss, adv)
         adv = adv.detach() + alpha * grad.sign()
-        adv = torch.min(torch.max(adv, x - epsilon), x + epsilon).clamp_(0.0, 1.0)
+        adv = domain.clip(torch.min(torch.max(adv, x - epsilon), x + epsilon))
     return adv.detach()
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(dim=1) == y
-
-
-def _batched_correct(
+def correct(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    make_input: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    make_input: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
+    """Per sample (on the CPU): is ``make_input(x, y)`` (default: ``x``) classified as ``y``?"""
     was_training = model.training
     model.eval()
     try:
         parts = []
-        for i in range(0, len(y), _EVAL_BATCH):
-            xb, yb = x[i : i + _EVAL_BATCH], y[i : i + _EVAL_BATCH]
-            parts.append(_correct(model, make_input(xb, yb), yb))
+        for xb, yb in batches:
+            inputs = xb if make_input is None else make_input(xb, yb)
+            with torch.no_grad():
+                parts.append((model(inputs).argmax(dim=1) == yb).cpu())
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
     finally:
         model.train(was_training)
 
 
+def fgsm_robust(
+    model: nn.Module, batches: Batches, epsilon: float, domain: InputDomain = PIXELS
+) -> torch.Tensor:
+    """Per sample: classified correctly both clean and under FGSM (RobustBench convention)."""
+    robust = correct(model, batches(), lambda xb, yb: fgsm(model, xb, yb, epsilon, domain))
+    return robust & correct(model, batches())
+
+
+def pgd_robust(
+    model: nn.Module,
+    batches: Batches,
+    epsilon: float,
+    steps: int,
+    restarts: int,
+    seed: int = 0,
+    domain: InputDomain = PIXELS,
+) -> torch.Tensor:
+    """Per sample: classified correctly and no PGD restart fools it."""
+    gen = torch.Generator().manual_seed(seed)
+    robust = correct(model, batches())
+    for _ in range(restarts):
+        robust &= correct(
+            model,
+            batches(),
+            lambda xb, yb: pgd(model, xb, yb, epsilon, steps, generator=gen, domain=domain),
+        )
+    return robust
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor) -> Batches:
+    """In-memory inputs and labels as evaluation batches."""
+    return lambda: (
+        (x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]) for i in range(0, len(y), EVAL_BATCH)
+    )
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(_batched_correct(model, x, y, lambda xb, _yb: xb).float().mean())
+    return float(correct(model, tensor_batches(x, y)()).float().mean())
 
 
 def fgsm_robust_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilon: float,
+    domain: InputDomain = PIXELS,
 ) -> float:
-    """Share of samples classified correctly both clean and under FGSM (RobustBench convention)."""
-    robust = _batched_correct(model, x, y, lambda xb, yb: fgsm(model, xb, yb, epsilon))
-    return float((robust & _batched_correct(model, x, y, lambda xb, _yb: xb)).float().mean())
+    """Share of samples classified correctly both clean and under FGSM."""
+    return float(fgsm_robust(model, tensor_batches(x, y), epsilon, domain).float().mean())
 
 
 def pgd_robust_accuracy(
@@ -94,12 +143,8 @@ def pgd_robust_accuracy(
     steps: int,
     restarts: int,
     seed: int = 0,
+    domain: InputDomain = PIXELS,
 ) -> float:
     """A sample counts as robust only if it is classified correctly and no restart fools it."""
-    gen = torch.Generator().manual_seed(seed)
-    robust = _batched_correct(model, x, y, lambda xb, _yb: xb)
-    for _ in range(restarts):
-        robust &= _batched_correct(
-            model, x, y, lambda xb, yb: pgd(model, xb, yb, epsilon, steps, generator=gen)
-        )
+    robust = pgd_robust(model, tensor_batches(x, y), epsilon, steps, restarts, seed, domain)
     return float(robust.float().mean())

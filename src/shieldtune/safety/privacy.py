@@ -7,14 +7,13 @@ false-positive rate (Carlini et al. 2022).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from shieldtune.safety.attacks import _EVAL_BATCH
 
 
 @dataclass(frozen=True)
@@ -24,20 +23,18 @@ class MembershipInference:
     auc: float
 
 
-def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+def per_sample_loss(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> np.ndarray:
+    """Cross-entropy of every sample, in order."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            losses = [
-                F.cross_entropy(
-                    model(x[i : i + _EVAL_BATCH]), y[i : i + _EVAL_BATCH], reduction="none"
-                )
-                for i in range(0, len(y), _EVAL_BATCH)
-            ]
+            losses = [F.cross_entropy(model(xb), yb, reduction="none").cpu() for xb, yb in batches]
     finally:
         model.train(was_training)
-    return torch.cat(losses).double().numpy()
+    return torch.cat(losses).double().numpy() if losses else np.zeros(0)
 
 
 def loss_threshold_attack(
@@ -70,9 +67,10 @@ def loss_threshold_attack(
 
 def membership_inference(
     model: nn.Module,
-    members: tuple[torch.Tensor, torch.Tensor],
-    nonmembers: tuple[torch.Tensor, torch.Tensor],
+    members: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    nonmembers: Iterable[tuple[torch.Tensor, torch.Tensor]],
 ) -> MembershipInference:
+    """The loss-threshold attack on batches of training members and of held-out samples."""
     return loss_threshold_attack(
-        per_sample_loss(model, *members), per_sample_loss(model, *nonmembers)
+        per_sample_loss(model, members), per_sample_loss(model, nonmembers)
     )

@@ -7,20 +7,35 @@ broken (the seeds' ``c(s, a) <= 0``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shieldtune.errors import ConfigError
 
-#: Metric names a constraint may refer to, with what they mean.
-SAFETY_METRICS = {
+if TYPE_CHECKING:
+    from shieldtune.tasks.contract import Task
+
+#: Built-in metric names a constraint may refer to, with what they mean. A task adds its own
+#: (see :class:`shieldtune.tasks.TaskMetric`).
+BUILTIN_METRICS = {
     "val_acc": "clean validation accuracy",
     "fgsm_robust_acc": "accuracy under an FGSM attack of radius safety.epsilon",
     "pgd_robust_acc": "accuracy under a PGD attack (safety.pgd_steps, safety.pgd_restarts)",
     "mia_advantage": "membership-inference advantage max(TPR - FPR) of a loss-threshold attack",
     "mia_tpr_at_1fpr": "membership-inference true-positive rate at 1% false-positive rate",
 }
+#: Metrics that attack the inputs, so they need the task's input domain.
+ATTACK_METRICS = ("fgsm_robust_acc", "pgd_robust_acc")
+#: What a metric name must look like (also a task's own metrics).
+METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def available_metrics(task: Task) -> dict[str, str]:
+    """Every metric a constraint may name for ``task``: the built-ins and the task's own."""
+    return {**BUILTIN_METRICS, **{m.name: m.description for m in task.metrics}}
 
 
 @dataclass(frozen=True)
@@ -43,8 +58,12 @@ class Constraint:
 _CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 
 
-def parse_constraints(texts: Iterable[str]) -> list[Constraint]:
-    """Parse ``["fgsm_robust_acc >= 0.6", ...]``; raises :class:`ConfigError` on bad text."""
+def parse_constraints(
+    texts: Iterable[str], metrics: dict[str, str] | None = None
+) -> list[Constraint]:
+    """Parse ``["fgsm_robust_acc >= 0.6", ...]`` over ``metrics`` (default: the built-ins);
+    raises :class:`ConfigError` on bad text or a metric not in ``metrics``."""
+    metrics = BUILTIN_METRICS if metrics is None else metrics
     out = []
     for i, text in enumerate(texts):
         m = _CONSTRAINT_RE.match(text) if isinstance(text, str) else None
@@ -54,10 +73,10 @@ def parse_constraints(texts: Iterable[str]) -> list[Constraint]:
                 "'METRIC >= VALUE' or 'METRIC <= VALUE'"
             )
         metric, op, raw = m.groups()
-        if metric not in SAFETY_METRICS:
+        if metric not in metrics:
             raise ConfigError(
                 f"config key 'safety.constraints[{i}]' names unknown metric {metric!r}; "
-                f"choose one of {', '.join(SAFETY_METRICS)}"
+                f"choose one of {', '.join(metrics)}"
             )
         try:
             threshold = float(raw)
@@ -65,10 +84,14 @@ def parse_constraints(texts: Iterable[str]) -> list[Constraint]:
             raise ConfigError(
                 f"config key 'safety.constraints[{i}]' threshold {raw!r} is not a number"
             ) from None
-        if not -1.0 <= threshold <= 1.0:
+        if metric in BUILTIN_METRICS and not -1.0 <= threshold <= 1.0:
             raise ConfigError(
                 f"config key 'safety.constraints[{i}]' threshold {threshold} is out of range; "
-                "allowed: [-1, 1] (all metrics are fractions)"
+                "allowed: [-1, 1] (the built-in metrics are fractions)"
+            )
+        if not math.isfinite(threshold):
+            raise ConfigError(
+                f"config key 'safety.constraints[{i}]' threshold {raw!r} is not a finite number"
             )
         out.append(Constraint(metric, op, threshold))
     return out

@@ -258,7 +258,7 @@ class Tracker:
         with _torch_no_grad():
             output = model(example).numpy()
         signature = infer_signature(example.numpy(), output)
-        name = self.cfg.tracking.registered_model_name
+        name = self.cfg.registered_model_name
         info = mlflow.pytorch.log_model(
             model,
             name="model",

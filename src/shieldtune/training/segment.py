@@ -1,6 +1,6 @@
 """One training segment: continue training a model for a budget of samples.
 
-The environment calls this once per step with that step's hyperparameters, so
+The step runner calls this once per step with that step's hyperparameters, so
 learning rate, batch size, weight decay, momentum and the adversarial-training
 mix can change from segment to segment (a dynamic schedule) while the model
 and optimizer state carry over.
@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from shieldtune.config import TrainingConfig
-from shieldtune.data import Split
 from shieldtune.safety.attacks import fgsm
+from shieldtune.tasks.batches import by_indices
+from shieldtune.tasks.contract import InputDomain
+from shieldtune.training.hyperparameters import apply_to_optimizer
 
 #: Check for divergence every this many batches (a check syncs, so not every batch).
 _DIVERGENCE_CHECK_EVERY = 16
@@ -46,26 +50,30 @@ def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimiz
     )
 
 
-def fixed_hyperparameters(cfg: TrainingConfig) -> dict[str, float]:
-    """Values for every tunable hyperparameter; the search space overrides some of them."""
-    return {
-        "learning_rate": cfg.learning_rate,
-        "batch_size": cfg.batch_size,
-        "weight_decay": cfg.weight_decay,
-        "momentum": cfg.momentum,
-        "adv_mix": cfg.adv_mix,
-    }
+def batch_plan(
+    n: int, batch_size: int, budget_samples: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Sample indices of every batch of a segment: shuffled passes over ``n`` samples."""
+    perm = torch.randperm(n, generator=generator)
+    plan: list[torch.Tensor] = []
+    pos = processed = 0
+    while processed < budget_samples:
+        if pos + batch_size > n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        take = min(batch_size, budget_samples - processed)
+        plan.append(perm[pos : pos + take])
+        pos += take
+        processed += take
+    return plan
 
 
-def apply_hyperparameters(optimizer: torch.optim.Optimizer, hp: dict[str, float]) -> None:
-    """Set this segment's optimizer hyperparameters in place (state such as momentum stays)."""
-    for group in optimizer.param_groups:
-        group["lr"] = float(hp["learning_rate"])
-        group["weight_decay"] = float(hp["weight_decay"])
-        if "momentum" in group:
-            group["momentum"] = float(hp["momentum"])
-        elif "betas" in group:
-            group["betas"] = (float(hp["momentum"]), group["betas"][1])
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """How ``adv_mix`` examples are made: FGSM of radius ``epsilon`` inside ``domain``."""
+
+    epsilon: float
+    domain: InputDomain
 
 
 def _healthy(loss_sum: torch.Tensor, processed: int, max_loss: float) -> bool:
@@ -76,45 +84,48 @@ def _healthy(loss_sum: torch.Tensor, processed: int, max_loss: float) -> bool:
 def train_segment(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: Split,
+    data: Dataset,
     hp: dict[str, float],
     budget_samples: int,
     generator: torch.Generator,
-    epsilon: float,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    adversarial: AdversarialTraining | None = None,
     max_loss: float = float("inf"),
+    device: torch.device | None = None,
+    amp: bool = False,
+    loader_workers: int = 0,
 ) -> SegmentStats:
     """Train on ``budget_samples`` samples drawn in shuffled passes over ``data``.
 
-    ``hp['adv_mix']`` of each batch is replaced by FGSM examples of radius
-    ``epsilon`` (adversarial training). A non-finite loss, or a mean loss above
-    ``max_loss`` (cross-entropy of a sane classifier stays near ln 10 or below),
-    stops the segment and reports ``diverged=True`` rather than raising.
+    ``hp['adv_mix']`` of each batch is replaced by FGSM examples (``adversarial``:
+    adversarial training). A non-finite loss, or a mean loss above ``max_loss``
+    (cross-entropy of a sane classifier stays near ln(classes) or below), stops the
+    segment and reports ``diverged=True`` rather than raising.
     """
     start = time.perf_counter()
-    apply_hyperparameters(optimizer, hp)
-    batch_size = max(1, min(int(hp["batch_size"]), len(data)))
-    n_adv_share = float(hp["adv_mix"])
+    device = device or torch.device("cpu")
+    apply_to_optimizer(optimizer, hp)
+    n = len(data)  # type: ignore[arg-type]
+    batch_size = max(1, min(int(hp["batch_size"]), n))
+    adv_share = float(hp["adv_mix"]) if adversarial is not None else 0.0
     model.train()
-    perm = torch.randperm(len(data), generator=generator)
-    pos = processed = batches = 0
-    loss_sum = torch.zeros(())
+    plan = batch_plan(n, batch_size, budget_samples, generator)
+    processed = batches = 0
+    loss_sum = torch.zeros((), device=device)
     diverged = False
-    while processed < budget_samples:
-        if pos + batch_size > len(data):
-            perm = torch.randperm(len(data), generator=generator)
-            pos = 0
-        take = min(batch_size, budget_samples - processed)
-        idx = perm[pos : pos + take]
-        pos += take
-        xb, yb = data.x[idx], data.y[idx]
-        n_adv = round(n_adv_share * take)
+    for xb, yb in by_indices(data, plan, device, loader_workers):
+        take = len(yb)
+        n_adv = round(adv_share * take)
         if n_adv:
-            xb = torch.cat([fgsm(model, xb[:n_adv], yb[:n_adv], epsilon), xb[n_adv:]])
-        loss = F.cross_entropy(model(xb), yb)
+            assert adversarial is not None
+            adv = fgsm(model, xb[:n_adv], yb[:n_adv], adversarial.epsilon, adversarial.domain)
+            xb = torch.cat([adv, xb[n_adv:]])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            batch_loss = loss(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * take
+        loss_sum += batch_loss.detach().float() * take
         processed += take
         batches += 1
         if batches % _DIVERGENCE_CHECK_EVERY == 0 and not _healthy(loss_sum, processed, max_loss):

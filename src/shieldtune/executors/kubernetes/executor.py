@@ -32,8 +32,8 @@ from shieldtune.config import Config
 from shieldtune.errors import ClusterError, StepFailedError, first_line
 from shieldtune.executors.kubernetes.api import default_namespace, load_api_client
 from shieldtune.executors.kubernetes.jobs import Owner, step_job, step_labels
-from shieldtune.executors.local import StepRequest, StepResult
 from shieldtune.executors.step_files import REQUEST_FILE, StepStore, read_result, request_payload
+from shieldtune.training.step import StepRequest, StepResult
 
 #: Consecutive failed API calls tolerated while polling before the job gives up.
 MAX_API_ERRORS = 5

@@ -1,4 +1,4 @@
-"""MNIST loading and deterministic splits, held as in-memory tensors.
+"""MNIST for the ``mnist-cnn`` task: loading and deterministic splits, as in-memory tensors.
 
 Three sources share one code path after loading:
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 
 from shieldtune.config import DataConfig
 from shieldtune.errors import DataError
+from shieldtune.tasks.contract import TaskData, TensorSplit
+from shieldtune.tasks.splits import check_size, seeded_split, split_sizes
 
 #: md5 sums of the published .gz files (the ones torchvision checks).
 MNIST_MD5 = {
@@ -36,28 +37,6 @@ MNIST_MD5 = {
 }
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-@dataclass(frozen=True)
-class Split:
-    """Images ``x`` (N, 1, 28, 28) float32 in [0, 1] and labels ``y`` (N,) int64."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def head(self, n: int) -> Split:
-        return Split(self.x[:n], self.y[:n])
-
-
-@dataclass(frozen=True)
-class MnistSplits:
-    train: Split
-    val: Split
-    test: Split
-    source: str
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -152,13 +131,17 @@ def _load_torchvision(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return parts
 
 
-def _to_split(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> Split:
+#: Default split sizes (``data.*_size`` left unset).
+DEFAULT_SIZES = (6000, 2000, 2000)
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> TensorSplit:
     x = torch.from_numpy(np.ascontiguousarray(images[index])).to(torch.float32).div_(255.0)
     y = torch.from_numpy(labels[index].astype(np.int64))
-    return Split(x.unsqueeze(1).contiguous(), y)
+    return TensorSplit(x.unsqueeze(1).contiguous(), y)
 
 
-def load_mnist(cfg: DataConfig) -> MnistSplits:
+def load_mnist(cfg: DataConfig) -> TaskData:
     """Load MNIST per ``cfg`` and cut seeded train/val/test splits of the configured sizes.
 
     When the source has the official training part, train/val come from it and
@@ -179,36 +162,24 @@ def load_mnist(cfg: DataConfig) -> MnistSplits:
     parts = {k: v for k, v in parts.items() if v is not None}
     if not parts:
         raise DataError(f"no MNIST IDX files found in '{cfg.root}'; expected t10k-*-ubyte[.gz]")
+    train_size, val_size, test_size = split_sizes(cfg, DEFAULT_SIZES)
     rng = np.random.default_rng(cfg.split_seed)
     if "train" in parts:
         tr_x, tr_y = parts["train"]
-        need = cfg.train_size + cfg.val_size
-        _check_size("train_size + data.val_size", need, len(tr_y))
+        need = train_size + val_size
+        check_size("train_size + data.val_size", need, len(tr_y))
         perm = rng.permutation(len(tr_y))
-        train = _to_split(tr_x, tr_y, perm[: cfg.train_size])
-        val = _to_split(tr_x, tr_y, perm[cfg.train_size : need])
+        train = _to_split(tr_x, tr_y, perm[:train_size])
+        val = _to_split(tr_x, tr_y, perm[train_size:need])
         if "t10k" in parts:
             te_x, te_y = parts["t10k"]
-            _check_size("test_size", cfg.test_size, len(te_y))
-            test = _to_split(te_x, te_y, rng.permutation(len(te_y))[: cfg.test_size])
+            check_size("test_size", test_size, len(te_y))
+            test = _to_split(te_x, te_y, rng.permutation(len(te_y))[:test_size])
         else:
-            _check_size(
-                "train_size + data.val_size + data.test_size", need + cfg.test_size, len(tr_y)
-            )
-            test = _to_split(tr_x, tr_y, perm[need : need + cfg.test_size])
+            check_size("train_size + data.val_size + data.test_size", need + test_size, len(tr_y))
+            test = _to_split(tr_x, tr_y, perm[need : need + test_size])
     else:
         x, y = parts["t10k"]
-        need = cfg.train_size + cfg.val_size + cfg.test_size
-        _check_size("train_size + data.val_size + data.test_size", need, len(y))
-        perm = rng.permutation(len(y))
-        train = _to_split(x, y, perm[: cfg.train_size])
-        val = _to_split(x, y, perm[cfg.train_size : cfg.train_size + cfg.val_size])
-        test = _to_split(x, y, perm[cfg.train_size + cfg.val_size : need])
-    return MnistSplits(train=train, val=val, test=test, source=cfg.source)
-
-
-def _check_size(what: str, need: int, have: int) -> None:
-    if need > have:
-        raise DataError(
-            f"data.{what} = {need} exceeds the {have} images available; lower the split sizes"
-        )
+        tr, va, te = seeded_split(len(y), (train_size, val_size, test_size), rng)
+        train, val, test = (_to_split(x, y, idx) for idx in (tr, va, te))
+    return TaskData(train=train, val=val, test=test, source=f"mnist:{cfg.source}")

@@ -1,0 +1,86 @@
+"""Config checks that need the task: search space, fixed extras and constraints.
+
+They run when a config is validated, so a search space naming a hyperparameter
+the task does not have, or a constraint on a metric it does not provide, stops
+the job with one line before any data is read or anything is trained.
+"""
+
+from __future__ import annotations
+
+from shieldtune.config import Config
+from shieldtune.errors import ConfigError
+from shieldtune.safety.spec import ATTACK_METRICS, available_metrics, parse_constraints
+from shieldtune.tasks.registry import make_task
+from shieldtune.training.hyperparameters import bounds
+
+
+def check_config_against_task(cfg: Config) -> None:
+    task = make_task(cfg.task)
+    sources = task.data_sources
+    if sources is not None and cfg.data.source not in sources:
+        raise ConfigError(
+            f"config key 'data.source' = {cfg.data.source!r} is not allowed for task "
+            f"{task.name!r}; choose one of {', '.join(sources)}"
+        )
+    allowed = bounds(task)
+    seen: set[str] = set()
+    for i, hp in enumerate(cfg.env.search_space):
+        key = f"env.search_space[{i}]"
+        if hp.name not in allowed:
+            raise ConfigError(
+                f"config key '{key}.name' = {hp.name!r} is not a hyperparameter of task "
+                f"{task.name!r}; choose one of {', '.join(allowed)}"
+            )
+        if hp.name in seen:
+            raise ConfigError(f"config key '{key}.name' = {hp.name!r} is listed twice")
+        seen.add(hp.name)
+        if not hp.low < hp.high:
+            raise ConfigError(
+                f"config key '{key}' has low={hp.low} >= high={hp.high}; need low < high"
+            )
+        if not hp.low <= hp.init <= hp.high:
+            raise ConfigError(
+                f"config key '{key}.init' = {hp.init} is out of range; "
+                f"allowed: [{hp.low}, {hp.high}]"
+            )
+        if hp.scale == "log" and (hp.low <= 0 or hp.factor <= 1.0):
+            raise ConfigError(
+                f"config key '{key}' uses scale 'log', which needs low > 0 and factor > 1 "
+                f"(got low={hp.low}, factor={hp.factor})"
+            )
+        lo, hi = allowed[hp.name]
+        if hp.low < lo or hp.high > hi:
+            raise ConfigError(
+                f"config key '{key}' bounds [{hp.low}, {hp.high}] leave the range allowed for "
+                f"{hp.name}: [{lo}, {hi}]"
+            )
+        if hp.name == "batch_size" and not hp.integer:
+            raise ConfigError(f"config key '{key}.integer' must be true for batch_size")
+    extras = {h.name: h for h in task.hyperparameters}
+    for name, value in cfg.training.task_hyperparameters.items():
+        key = f"training.task_hyperparameters.{name}"
+        if name not in extras:
+            known = ", ".join(extras) or "none"
+            raise ConfigError(
+                f"config key '{key}': task {task.name!r} has no such hyperparameter "
+                f"(it adds: {known})"
+            )
+        if not extras[name].low <= value <= extras[name].high:
+            raise ConfigError(
+                f"config key '{key}' = {value} is out of range; "
+                f"allowed: [{extras[name].low}, {extras[name].high}]"
+            )
+    constraints = parse_constraints(cfg.safety.constraints, available_metrics(task))
+    if task.input_domain is None:
+        for i, c in enumerate(constraints):
+            if c.metric in ATTACK_METRICS:
+                raise ConfigError(
+                    f"config key 'safety.constraints[{i}]' names {c.metric}, but task "
+                    f"{task.name!r} is not attackable (its inputs have no input_domain); "
+                    "drop that constraint"
+                )
+    if task.input_domain is None and "adv_mix" in seen:
+        raise ConfigError(
+            f"config key 'env.search_space' tunes adv_mix, but task {task.name!r} is not "
+            "attackable; adversarial training needs an input_domain"
+        )
