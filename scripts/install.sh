@@ -11,3 +11,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
 # torch + torchvision are pinned as a matching pair (see constraints.txt).
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+# The example task plug-in (examples/custom_task), which the tests tune end to end.
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e examples/custom_task

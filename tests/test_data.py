@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from shieldtune.config import DataConfig
-from shieldtune.tasks.mnist_data import bundled_dir, load_mnist, read_idx
 from shieldtune.errors import DataError
+from shieldtune.tasks.mnist_data import bundled_dir, load_mnist, read_idx
 
 
 def test_bundled_sample_is_the_real_mnist_test_set():

@@ -13,7 +13,6 @@ from shieldtune.config import config_from_dict
 from shieldtune.control.tuner import run_tuning
 from shieldtune.errors import StepFailedError
 from shieldtune.executors.local import LocalStepExecutor
-from shieldtune.training.step import StepRequest, StepResult, StepRunner, TrainState
 from shieldtune.executors.process import ProcessStepExecutor, threads_per_worker
 from shieldtune.executors.step_files import (
     REQUEST_FILE,
@@ -22,6 +21,7 @@ from shieldtune.executors.step_files import (
     read_result,
     request_payload,
 )
+from shieldtune.training.step import StepRequest, StepResult, StepRunner, TrainState
 
 from .conftest import tiny_dict
 from .test_tuner import read_jsonl, tiny

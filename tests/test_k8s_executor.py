@@ -24,8 +24,8 @@ from shieldtune.executors.kubernetes.api import default_namespace, load_api_clie
 from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor, cpu_threads
 from shieldtune.executors.kubernetes.jobs import Owner, label_value, step_job, step_labels
 from shieldtune.executors.local import LocalStepExecutor
-from shieldtune.training.step import StepRequest, StepRunner
 from shieldtune.executors.step_files import DirStepStore
+from shieldtune.training.step import StepRequest, StepRunner
 
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn

@@ -103,13 +103,28 @@ def test_tune_task_knows_its_pod_and_kfp_run_for_step_job_labels_and_owner(name)
     assert run_id["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
-def test_retune_pipeline_warm_starts_from_the_champion():
+def test_retune_pipeline_warm_starts_from_the_champion_of_the_configured_task():
     params = _pipeline("retune_pipeline")["root"]["inputDefinitions"]["parameters"]
-    assert params["champion_model_uri"]["defaultValue"] == "models:/shieldtune-mnist-cnn@champion"
-    assert (
-        "champion_model_uri"
-        not in _pipeline("tuning_pipeline")["root"]["inputDefinitions"]["parameters"]
-    )
+    # Empty: the champion of the config's registered model (shieldtune-<task> by default).
+    assert params["champion_model_uri"]["defaultValue"] == ""
+    retune = _pipeline("retune_pipeline")["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]
+    assert retune["warm_start"]["runtimeValue"]["constant"] is True
+    tuning = _pipeline("tuning_pipeline")
+    assert "champion_model_uri" not in tuning["root"]["inputDefinitions"]["parameters"]
+    cold = tuning["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]
+    assert cold["warm_start"]["runtimeValue"]["constant"] is False
+
+
+def test_pipelines_take_the_task_and_the_data_location_as_parameters():
+    for name in ("tuning_pipeline", "retune_pipeline"):
+        params = _pipeline(name)["root"]["inputDefinitions"]["parameters"]
+        for key in ("task_entry_point", "task_kwargs_json", "data_root"):
+            assert params[key]["defaultValue"] == "", (name, key)
+        prepare = _pipeline(name)["root"]["dag"]["tasks"]["prepare-data"]["inputs"]["parameters"]
+        assert prepare["task_entry_point"]["componentInputParameter"] == "task_entry_point"
+        # Every later stage reads the config prepare_data resolved.
+        tune = _pipeline(name)["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]
+        assert tune["config_json"]["taskOutputParameter"]["producerTask"] == "prepare-data"
 
 
 def test_safety_gate_sets_champion_only_in_the_passing_branch():

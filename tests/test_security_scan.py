@@ -46,9 +46,9 @@ from shieldtune.config import config_from_dict
 from shieldtune.errors import StepFailedError
 from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
 from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH, Owner, step_job, step_labels
-from shieldtune.training.step import StepRequest
 from shieldtune.executors.step_files import DirStepStore
 from shieldtune.pipeline import pipelines as kfp_pipelines
+from shieldtune.training.step import StepRequest
 
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn

@@ -26,7 +26,7 @@ class CheckpointError(ShieldtuneError):
     """A checkpoint or policy file is missing, corrupted or of the wrong kind."""
 
 
-class TaskError(ShieldtuneError):
+class TaskError(ConfigError):
     """A task (built-in or a user's plug-in) cannot be found, built, or breaks the contract."""
 
 

@@ -39,7 +39,7 @@ from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import first_inputs
-from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.checker import check_model, load_task_data
 from shieldtune.tasks.contract import TaskData
 from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.plots import plot_steps
@@ -356,7 +356,12 @@ def run_tuning(
 
     start = time.perf_counter()
     torch.manual_seed(cfg.tuner.seed)
-    data = data if data is not None else load_task_data(make_task(cfg.task), cfg.data)
+    task = make_task(cfg.task)
+    data = data if data is not None else load_task_data(task, cfg.data)
+    # The model must fit the data before a run is opened or anything is trained.
+    check_model(task, build_model(task, cfg.tuner.seed, torch.device("cpu")), data)
+    if cfg.tuner.executor != "kubernetes":  # steps run on this machine: its device must exist
+        resolve_device(cfg.training.device)
     env = HyperparamEnv(cfg)  # sizes the networks; the slots' environments do the work
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)

@@ -30,7 +30,7 @@ from shieldtune.errors import CheckpointError, ConfigError, DataError
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import first_inputs, iterate, labels
 from shieldtune.tasks.checker import load_task_data
-from shieldtune.tasks.contract import Task, TaskData, TensorSplit
+from shieldtune.tasks.contract import InputDomain, Task, TaskData, TensorSplit
 from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.tracker import Tracker, download_policy, log_to_run, set_run_tag
 from shieldtune.training.device import resolve_device
@@ -88,8 +88,15 @@ def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
     size = sum(s.x.nbytes + s.y.nbytes for s in splits.values()) if in_memory else None
     inline = in_memory and size <= INLINE_LIMIT_BYTES
     if inline:
+        domain = data.input_domain
         atomic_save(
-            {"kind": SPLITS_KIND, **{n: {"x": s.x, "y": s.y} for n, s in splits.items()}},
+            {
+                "kind": SPLITS_KIND,
+                **{n: {"x": s.x, "y": s.y} for n, s in splits.items()},
+                "input_domain": None
+                if domain is None
+                else {"low": domain.low, "high": domain.high},
+            },
             out_dir / "splits.pt",
         )
     manifest = {
@@ -125,8 +132,11 @@ def load_prepared(out_dir: Path, cfg: Config) -> TaskData:
     if manifest.get("storage") == "reference":
         return load_task_data(make_task(cfg.task), cfg.data)
     obj = safe_load(Path(out_dir) / "splits.pt", SPLITS_KIND)
+    domain = obj.get("input_domain")
     return TaskData(
-        *(TensorSplit(obj[n]["x"], obj[n]["y"]) for n in _SPLITS), source=manifest["source"]
+        *(TensorSplit(obj[n]["x"], obj[n]["y"]) for n in _SPLITS),
+        source=manifest["source"],
+        input_domain=None if domain is None else InputDomain(domain["low"], domain["high"]),
     )
 
 

@@ -94,7 +94,7 @@ class MetricSuite:
         metrics["mia_tpr_at_1fpr"] = mia.tpr_at_1fpr
         if plan.split == "test":
             metrics["mia_auc"] = mia.auc
-        domain = self.task.input_domain
+        domain = data.attack_domain(self.task)
         if domain is not None:
             attacked = self._batches(head(plan.dataset, plan.attack_samples))
             s = self.cfg

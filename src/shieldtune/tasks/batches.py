@@ -39,7 +39,9 @@ def to_device(data: TaskData, device: torch.device) -> TaskData:
             return TensorSplit(split.x.to(device), split.y.to(device))
         return split
 
-    return TaskData(move(data.train), move(data.val), move(data.test), data.source)
+    return TaskData(
+        move(data.train), move(data.val), move(data.test), data.source, data.input_domain
+    )
 
 
 def iterate(

@@ -56,6 +56,11 @@ def load_task_data(task: Task, cfg: DataConfig) -> TaskData:
         )
     for name in ("train", "val", "test"):
         check_split(task, name, getattr(data, name))
+    if data.input_domain is not None and task.input_domain is None:
+        raise TaskError(
+            f"task {task.name!r}: load_data() gives the data an input_domain, but the task "
+            "declares none (not attackable); set Task.input_domain too"
+        )
     return data
 
 
@@ -74,10 +79,16 @@ def check_split(task: Task, name: str, split: Dataset) -> None:
         f"reading the {name} split",
         lambda: next(by_indices(split, [range(min(n, _PROBE))], torch.device("cpu"))),
     )
-    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+    if not isinstance(x, torch.Tensor):
         raise TaskError(
-            f"task {task.name!r}: the {name} split yields inputs of type "
-            f"{getattr(x, 'dtype', type(x).__name__)}; inputs must be floating-point tensors"
+            f"task {task.name!r}: the {name} split yields inputs of type {type(x).__name__}; "
+            "inputs must be tensors"
+        )
+    if task.input_domain is not None and not torch.is_floating_point(x):
+        raise TaskError(
+            f"task {task.name!r}: the {name} split yields {x.dtype} inputs, but the task is "
+            "attackable (it has an input_domain); attacks need floating-point inputs, or set "
+            "input_domain = None (e.g. for token ids)"
         )
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -146,19 +157,20 @@ def check_task(task: Task, cfg: DataConfig, seed: int = 0) -> list[str]:
     hp = {h.name: h.default for h in task.hyperparameters}
     model.train()
     loss = _guard(task, "loss()", lambda: task.loss(model(x), y, hp))
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not math.isfinite(float(loss)):
+    scalar = isinstance(loss, torch.Tensor) and loss.dim() == 0
+    if not scalar or not math.isfinite(float(loss.detach())):
         raise TaskError(
             f"task {task.name!r}: loss() must return a finite scalar tensor (the batch mean)"
         )
     loss.backward()
-    lines.append(f"loss: {float(loss):.4f} on 8 training samples, differentiable")
+    lines.append(f"loss: {float(loss.detach()):.4f} on 8 training samples, differentiable")
     stats = _guard(task, "a training segment", lambda: _short_segment(task, model, data, hp))
     if stats.diverged:
         raise TaskError(f"task {task.name!r}: a 64-sample training segment diverged")
     lines.append(
         f"training: 64 samples in {stats.batches} batches, mean loss {stats.mean_loss:.4f}"
     )
-    domain = task.input_domain
+    domain = data.attack_domain(task)
     if domain is None:
         lines.append("input domain: none (not attackable; FGSM/PGD constraints are refused)")
     else:

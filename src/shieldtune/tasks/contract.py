@@ -15,6 +15,7 @@ runs once per process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -51,6 +52,8 @@ class InputDomain:
 
 #: Images with pixel values in [0, 1].
 PIXELS = InputDomain(0.0, 1.0)
+#: Real-valued inputs without bounds: attacks are limited by their radius alone.
+UNBOUNDED = InputDomain(-math.inf, math.inf)
 
 
 class TensorSplit(Dataset):
@@ -87,6 +90,16 @@ class TaskData:
     test: Dataset
     #: Where the data came from, for reports and the MLflow dataset record.
     source: str = ""
+    #: Bounds that depend on the data itself (e.g. per-feature bounds in a feature space
+    #: standardised with training-split statistics); they replace the task's own
+    #: ``input_domain`` for attacks. Only an attackable task may set them.
+    input_domain: InputDomain | None = None
+
+    def attack_domain(self, task: Task) -> InputDomain | None:
+        """The box attacks on this data clip to; ``None`` when the task is not attackable."""
+        if task.input_domain is None:
+            return None
+        return self.input_domain or task.input_domain
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class StepRunner:
         self.data = to_device(data, self.device)
         self.workers = loader_workers
         self.suite = MetricSuite(task, safety, self.device, loader_workers)
-        domain = task.input_domain
+        domain = data.attack_domain(task)
         self._adversarial = None if domain is None else AdversarialTraining(safety.epsilon, domain)
         check_model(task, build_model(task, 0, self.device), self.data)
 
