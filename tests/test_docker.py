@@ -312,6 +312,17 @@ def test_dockerfile_passes_hadolint_at_style_threshold(flavor):
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
+def test_the_plugin_step_image_example_passes_hadolint_and_ends_non_root():
+    """docs/tasks.md builds a user's step image FROM the shieldtune image; the example does."""
+    dockerfile = ROOT / "examples" / "custom_task" / "Dockerfile"
+    result = hadolint(dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+    users = [
+        line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")
+    ]
+    assert users[-1] == "10001:10001"
+
+
 def test_dockerfile_has_no_inline_hadolint_ignores(flavor):
     assert "hadolint ignore" not in (DOCKER / f"Dockerfile.{flavor}").read_text()
 
