@@ -35,12 +35,15 @@ import torch
 
 from shieldtune.config import Config, load_config
 from shieldtune.control.tuner import run_tuning
-from shieldtune.data import MnistSplits, load_mnist
-from shieldtune.executors.local import LocalStepExecutor, StepRequest, TrainState
-from shieldtune.model import build_model
+from shieldtune.executors.local import LocalStepExecutor
 from shieldtune.safety.spec import parse_constraints, spec_cost
-from shieldtune.safety.suite import safety_report
-from shieldtune.training.segment import fixed_hyperparameters
+from shieldtune.safety.suite import test_report
+from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.contract import TaskData
+from shieldtune.tasks.registry import make_task
+from shieldtune.training.device import resolve_device
+from shieldtune.training.hyperparameters import fixed_hyperparameters
+from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
 
 WITHIN = 0.005  # "within 0.5 percentage points of the final best"
 
@@ -85,7 +88,7 @@ class TrainingRun:
     def __init__(self, ledger: Ledger, executor: LocalStepExecutor, init_seed: int) -> None:
         self.ledger, self.executor = ledger, executor
         self.constraints = parse_constraints(ledger.cfg.safety.constraints)
-        self.hp_fixed = fixed_hyperparameters(ledger.cfg.training)
+        self.hp_fixed = fixed_hyperparameters(ledger.cfg.training, make_task(ledger.cfg.task))
         self.seed = init_seed
         self.t = 0
         self.state = executor.run(StepRequest(None, self.hp_fixed, 0, init_seed)).state
@@ -147,13 +150,15 @@ def _budget_to_near_best(curve: list[tuple[int, float]]) -> int | None:
     return next(s for s, acc in curve if acc >= final - WITHIN)
 
 
-def _test_report(cfg: Config, splits: MnistSplits, state: TrainState | None) -> dict | None:
+def _test_report(cfg: Config, splits: TaskData, state: TrainState | None) -> dict | None:
     if state is None:
         return None
-    model = build_model(cfg.model)
+    task = make_task(cfg.task)
+    model = build_model(task, cfg.tuner.seed, torch.device("cpu"))
     model.load_state_dict(state.model)
     model.eval()
-    return safety_report(model, splits, cfg.safety, seed=cfg.tuner.seed)
+    device = resolve_device(cfg.training.device)
+    return test_report(task, model, splits, cfg.safety, device, seed=cfg.tuner.seed)
 
 
 # --------------------------------------------------------------------------- the search space
@@ -174,7 +179,7 @@ def grid(cfg: Config) -> tuple[list[float], list[int]]:
 
 
 def shieldtune_method(overrides: list[str], warm: bool = False, one_run: bool = False) -> Callable:
-    def run(cfg: Config, splits: MnistSplits, seed: int, tmp: Path) -> Result:
+    def run(cfg: Config, splits: TaskData, seed: int, tmp: Path) -> Result:
         base = [
             f"tuner.seed={seed}",
             "tracking.enabled=false",
@@ -239,8 +244,8 @@ def _baseline(
 ) -> Callable:
     """Wrap a baseline's search loop with the shared ledger, timing and test report."""
 
-    def run(cfg: Config, splits: MnistSplits, seed: int, tmp: Path) -> Result:
-        executor = LocalStepExecutor(cfg, splits)
+    def run(cfg: Config, splits: TaskData, seed: int, tmp: Path) -> Result:
+        executor = LocalStepExecutor(StepRunner.from_config(cfg, splits))
         ledger = Ledger(cfg, _budget(cfg))
         start = time.perf_counter()
         body(ledger, executor, np.random.default_rng(seed), seed)
@@ -506,7 +511,7 @@ def main() -> None:
     seeds = args.seeds or (2 if args.quick else 3)
     episodes = args.episodes or (3 if args.quick else 6)
     cfg = load_config(None, [f"tuner.episodes={episodes}", *args.overrides])
-    splits = load_mnist(cfg.data)
+    splits = load_task_data(make_task(cfg.task), cfg.data)
     chosen = {
         k: v
         for k, v in methods().items()

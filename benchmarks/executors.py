@@ -63,10 +63,13 @@ from common import (
 )
 
 from shieldtune.config import Config, load_config
-from shieldtune.data import MnistSplits, load_mnist
+from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
-from shieldtune.executors.local import StepExecutor, StepRequest, StepResult
 from shieldtune.executors.process import threads_per_worker
+from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.contract import TaskData
+from shieldtune.tasks.registry import make_task
+from shieldtune.training.step import StepRequest, StepResult
 
 # ``shieldtune.control.tuner`` (which pulls in mlflow) is imported inside run_job: spawned pool
 # workers re-import this module, and a job started with the ``shieldtune`` command does not make
@@ -194,7 +197,7 @@ def digest(records: list[dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_job(s: Setting, job: Sequence[str], splits: MnistSplits, scratch: Path) -> dict[str, Any]:
+def run_job(s: Setting, job: Sequence[str], splits: TaskData, scratch: Path) -> dict[str, Any]:
     from shieldtune.control.tuner import run_tuning
 
     out = Path(tempfile.mkdtemp(prefix=f"{s.key}-", dir=scratch))
@@ -202,7 +205,7 @@ def run_job(s: Setting, job: Sequence[str], splits: MnistSplits, scratch: Path) 
     # The backend the config names, built as run_tuning would build it, wrapped for timing.
     executor = TimedExecutor(make_executor(cfg, splits, None))
     busy0, own0, t0 = system_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-    summary = run_tuning(cfg, splits=splits, executor=executor)
+    summary = run_tuning(cfg, data=splits, executor=executor)
     wall = time.perf_counter() - t0
     busy1, own1 = system_busy_seconds(), own_cpu_seconds()
     own = own1 - own0
@@ -240,7 +243,7 @@ def run_job(s: Setting, job: Sequence[str], splits: MnistSplits, scratch: Path) 
     }
 
 
-def sanity_check(splits: MnistSplits, scratch: Path) -> dict[str, Any]:
+def sanity_check(splits: TaskData, scratch: Path) -> dict[str, Any]:
     """B and C-with-B's-thread-count on the quick job: must write identical records."""
     job = Sizes.make(True, None).job
     b = run_job(SETTINGS[1], job, splits, scratch)
@@ -490,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
             f"load average {m['loadavg_at_start']}; scratch folder {scratch}"
         )
-        splits = load_mnist(setting_config(SETTINGS[0], sizes.job, scratch).data)
+        base_cfg = setting_config(SETTINGS[0], sizes.job, scratch)
+        splits = load_task_data(make_task(base_cfg.task), base_cfg.data)
         # Warm-up: one tiny job per setting (kernels, page cache of the workers' imports).
         tiny = [*sizes.job, "training.segment_samples=500", "env.steps_per_episode=1"]
         tiny += ["tuner.episodes=2"]

@@ -67,14 +67,18 @@ from common import (
     system_busy_seconds,
 )
 
-from shieldtune.config import Config, DataConfig, ModelConfig, load_config
+from shieldtune.config import Config, DataConfig, load_config
 from shieldtune.control.tuner import run_tuning
-from shieldtune.data import MnistSplits, Split, load_mnist
-from shieldtune.executors.local import LocalStepExecutor, StepRequest
-from shieldtune.model import build_model, count_flops_per_sample
+from shieldtune.executors.local import LocalStepExecutor
 from shieldtune.safety.attacks import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
+from shieldtune.tasks.contract import PIXELS, TaskData, TensorSplit
+from shieldtune.tasks.mnist import MnistCnnTask
+from shieldtune.tasks.mnist_data import load_mnist
+from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.tracker import Tracker
-from shieldtune.training.segment import fixed_hyperparameters, make_optimizer, train_segment
+from shieldtune.training.hyperparameters import fixed_hyperparameters
+from shieldtune.training.segment import AdversarialTraining, make_optimizer, train_segment
+from shieldtune.training.step import StepRequest, StepRunner
 
 SETUP_METHODS = ("start", "log_model", "finish")
 S_TRAIN, S_STEP = "1. train_segment vs bare loop", "1b/c. environment step"
@@ -233,7 +237,7 @@ class Row:
 def bare_loop(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: Split,
+    data: TensorSplit,
     batch_size: int,
     budget: int,
     generator: torch.Generator,
@@ -260,24 +264,31 @@ def bare_loop(
 
 def _fresh(cfg: Config, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
-    model = build_model(cfg.model)
+    model = make_task(cfg.task).build_model(seed)
     return model, make_optimizer(model, cfg.training)
 
 
-def _time_env_segment(cfg: Config, data: Split, budget: int, seed: int) -> float:
+def _time_env_segment(cfg: Config, data: TensorSplit, budget: int, seed: int) -> float:
     model, opt = _fresh(cfg, seed)
-    hp = fixed_hyperparameters(cfg.training)
+    hp = fixed_hyperparameters(cfg.training, make_task(cfg.task))
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     stats = train_segment(
-        model, opt, data, hp, budget, gen, cfg.safety.epsilon, cfg.training.max_loss
+        model,
+        opt,
+        data,
+        hp,
+        budget,
+        gen,
+        adversarial=AdversarialTraining(cfg.safety.epsilon, PIXELS),
+        max_loss=cfg.training.max_loss,
     )
     seconds = time.perf_counter() - t0
     assert stats.samples == budget and not stats.diverged, stats
     return budget / seconds
 
 
-def _time_bare(cfg: Config, data: Split, budget: int, seed: int) -> float:
+def _time_bare(cfg: Config, data: TensorSplit, budget: int, seed: int) -> float:
     model, opt = _fresh(cfg, seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -287,7 +298,7 @@ def _time_bare(cfg: Config, data: Split, budget: int, seed: int) -> float:
     return budget / seconds
 
 
-def bench_training(cfg: Config, splits: MnistSplits, sizes: Sizes) -> dict[str, list[float]]:
+def bench_training(cfg: Config, splits: TaskData, sizes: Sizes) -> dict[str, list[float]]:
     data, budget = splits.train, sizes.segment_budget
     log(f"row 1: warm-up (train_segment and bare loop, {budget // 3} samples each)")
     _time_env_segment(cfg, data, budget // 3, seed=999)
@@ -313,9 +324,9 @@ def bench_training(cfg: Config, splits: MnistSplits, sizes: Sizes) -> dict[str, 
     return {"env": env, "bare": bare, "ratio": ratio}
 
 
-def bench_env_step(cfg: Config, splits: MnistSplits, sizes: Sizes) -> dict[str, list[float]]:
-    executor = LocalStepExecutor(cfg, splits)
-    hp = fixed_hyperparameters(cfg.training)
+def bench_env_step(cfg: Config, splits: TaskData, sizes: Sizes) -> dict[str, list[float]]:
+    executor = LocalStepExecutor(StepRunner.from_config(cfg, splits))
+    hp = fixed_hyperparameters(cfg.training, make_task(cfg.task))
     budget = cfg.training.segment_samples
     log(f"row 1: environment step warm-up (LocalStepExecutor.run, {budget} samples + evaluation)")
     state = executor.run(StepRequest(None, hp, budget, seed=12345)).state
@@ -367,7 +378,7 @@ def _seconds_per_call(fn: Callable[[], object], min_seconds: float) -> float:
             return elapsed / calls
 
 
-def bench_attacks(cfg: Config, splits: MnistSplits, sizes: Sizes) -> dict[str, Any]:
+def bench_attacks(cfg: Config, splits: TaskData, sizes: Sizes) -> dict[str, Any]:
     s = cfg.safety
     model, opt = _fresh(cfg, seed=0)
     budget = sizes.segment_budget
@@ -376,10 +387,10 @@ def bench_attacks(cfg: Config, splits: MnistSplits, sizes: Sizes) -> dict[str, A
         model,
         opt,
         splits.train,
-        fixed_hyperparameters(cfg.training),
+        fixed_hyperparameters(cfg.training, make_task(cfg.task)),
         budget,
         torch.Generator().manual_seed(0),
-        s.epsilon,
+        adversarial=AdversarialTraining(s.epsilon, PIXELS),
     )
     model.eval()
     n = min(sizes.attack_images, len(splits.val))
@@ -575,7 +586,7 @@ def _job_config(sizes: Sizes, tmp: Path, label: str, tracking: bool, extra=()) -
     )
 
 
-def _run_job(cfg: Config, splits: MnistSplits, timer: TrackerTimer) -> dict[str, Any]:
+def _run_job(cfg: Config, splits: TaskData, timer: TrackerTimer) -> dict[str, Any]:
     timer.reset()
     # MLflow prints "View run ... at" links to stdout; keep stdout for the table.
     with contextlib.redirect_stdout(sys.stderr):
@@ -691,7 +702,7 @@ def bench_tuning(sizes: Sizes, tmp: Path, meter: CpuMeter, use_server: bool) -> 
 # --------------------------------------------------------------------------- profiling
 
 
-def profile_training(cfg: Config, splits: MnistSplits, budget: int) -> str:
+def profile_training(cfg: Config, splits: TaskData, budget: int) -> str:
     out = io.StringIO()
     for name, fn in (("train_segment", _time_env_segment), ("bare loop", _time_bare)):
         prof = cProfile.Profile()
@@ -1028,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             log("profiling train_segment and the bare loop")
             print(profile_training(cfg, splits, sizes.segment_budget), file=sys.stderr)
-        rows = build_rows(res, count_flops_per_sample(ModelConfig()))
+        rows = build_rows(res, MnistCnnTask().flops_per_sample())
         others = {s["section"]: s["others_cores"] for s in _merge_sections(meter.sections)}
         for row in rows:
             row.contended = any(others.get(sec, 0.0) > CONTENDED_CORES for sec in row.sections)
