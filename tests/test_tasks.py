@@ -271,3 +271,26 @@ def test_a_gpu_step_on_kubernetes_needs_a_gpu_request():
         }
     )
     assert cfg.training.device == "cuda"
+
+
+def test_prepare_data_passes_large_data_by_reference_and_later_stages_reload_it(
+    tmp_path, monkeypatch
+):
+    from shieldtune.pipeline import stages
+
+    cfg = config_from_dict({"task": {"entry_point": "breast-cancer"}})
+    inline = stages.prepare_data(cfg, tmp_path / "small")
+    assert inline["storage"] == "inline" and (tmp_path / "small" / "splits.pt").exists()
+    monkeypatch.setattr(stages, "INLINE_LIMIT_BYTES", 0)
+    ref = stages.prepare_data(cfg, tmp_path / "large")
+    assert ref["storage"] == "reference" and not (tmp_path / "large" / "splits.pt").exists()
+    a, b = (
+        stages.load_prepared(tmp_path / "small", cfg),
+        stages.load_prepared(tmp_path / "large", cfg),
+    )
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(a, name).x, getattr(b, name).x)
+    assert torch.equal(a.input_domain.low, b.input_domain.low)
+    other = config_from_dict({})
+    with pytest.raises(ConfigError, match="prepared dataset is for task 'breast-cancer'"):
+        stages.load_prepared(tmp_path / "small", other)
