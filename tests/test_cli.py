@@ -38,7 +38,7 @@ def test_tune_then_evaluate_the_best_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["tune", *sets("tracking.enabled=false")]) == 0
     out = capsys.readouterr().out
-    assert "best feasible" in out and "safety gate" in out
+    assert "best certified-safe state" in out and "safety gate" in out
     ckpt = next(tmp_path.glob("shieldtune-runs/*/best_model.pt"))
     summary = json.loads((ckpt.parent / "summary.json").read_text())
     # Without --config, evaluate reuses the job's own config (same model, same splits).

@@ -85,7 +85,9 @@ def test_warmup_segments_before_the_first_safe_state_are_accepted_not_violations
 
 
 def test_without_rollback_unsafe_segments_are_accepted():
-    env, _ = scripted_env([metrics(0.1), metrics(0.9, fgsm=0.2)], shield={"rollback": False})
+    env, _ = scripted_env(
+        [metrics(0.1), metrics(0.9, fgsm=0.2)], shield={"rollback": False, "safety_shaping": 0}
+    )
     env.reset(seed=0)
     _, reward, _, _, info = env.step(env.space.keep_action)
     assert info["accepted"] and not info["constraint_satisfied"]
@@ -94,11 +96,25 @@ def test_without_rollback_unsafe_segments_are_accepted():
 
 def test_cost_penalty_is_subtracted_from_reward():
     env, _ = scripted_env(
-        [metrics(0.1), metrics(0.9, fgsm=0.2)], shield={"rollback": False, "cost_penalty": 2.0}
+        [metrics(0.1), metrics(0.9, fgsm=0.2)],
+        shield={"rollback": False, "cost_penalty": 2.0, "safety_shaping": 0},
     )
     env.reset(seed=0)
     _, reward, *_ = env.step(env.space.keep_action)
     assert reward == pytest.approx(0.8 - 2.0 * 0.3)
+
+
+def test_reward_pays_for_each_unit_of_violation_an_accepted_segment_removes():
+    """Issue: the reward ignored cost, so nothing steered an unsafe episode toward safety."""
+    env, _ = scripted_env(
+        [metrics(0.5, fgsm=0.1), metrics(0.5, fgsm=0.3), metrics(0.5, fgsm=0.6)],
+        shield={"safety_shaping": 2.0},
+    )
+    env.reset(seed=0)  # cost 0.4 (fgsm 0.1 against >= 0.5)
+    _, reward, _, _, info = env.step(env.space.keep_action)  # cost 0.2: 0.2 removed
+    assert info["warmup"] and reward == pytest.approx(2.0 * 0.2)
+    _, reward, *_ = env.step(env.space.keep_action)  # safe: the last 0.2 removed
+    assert reward == pytest.approx(2.0 * 0.2)
 
 
 def test_diverged_segment_ends_episode_as_violation_without_raising():

@@ -26,8 +26,16 @@ from shieldtune.safety.attacks import (
     pgd_robust_accuracy,
     tensor_batches,
 )
-from shieldtune.safety.privacy import loss_threshold_attack, membership_inference, per_sample_loss
+from shieldtune.safety.privacy import membership_inference, membership_test, per_sample_loss, roc
 from shieldtune.safety.spec import BUILTIN_METRICS, Constraint, parse_constraints, spec_cost
+from shieldtune.safety.stats import (
+    Decision,
+    Estimate,
+    clopper_pearson,
+    decide,
+    looks,
+    sequential_proportions,
+)
 from shieldtune.tasks.mnist import SmallCNN
 
 EPS = 0.1
@@ -326,53 +334,32 @@ def test_attack_metrics_do_not_depend_on_the_evaluation_batch_size(trained, tiny
 # ----------------------------------------------------------------- membership inference
 
 
-def test_perfectly_separated_losses_give_full_advantage():
-    mia = loss_threshold_attack(np.array([0.01, 0.05, 0.1]), np.array([0.5, 1.0, 2.0, 3.0]))
-    assert mia.advantage == 1.0
-    assert mia.tpr_at_1fpr == 1.0
-    assert mia.auc == 1.0
+def _in_sample(members: np.ndarray, nonmembers: np.ndarray) -> tuple[float, float, float]:
+    """Max TPR - FPR, TPR at FPR <= 1% and AUC of the ROC over all samples."""
+    tpr, fpr, _ = roc(members, nonmembers)
+    return float(np.max(tpr - fpr)), float(np.max(tpr[fpr <= 0.01])), float(np.trapezoid(tpr, fpr))
 
 
-def test_members_with_higher_loss_give_zero_advantage_and_zero_auc():
-    mia = loss_threshold_attack(np.array([5.0, 6.0]), np.array([0.1, 0.2, 0.3]))
-    assert mia.advantage == 0.0
-    assert mia.tpr_at_1fpr == 0.0
-    assert mia.auc == 0.0
-
-
-def test_identical_loss_distributions_give_no_advantage():
-    losses = np.random.default_rng(0).exponential(size=200)
-    mia = loss_threshold_attack(losses.copy(), losses.copy())
-    assert mia.advantage == 0.0
-    assert mia.auc == pytest.approx(0.5, abs=1e-12)
-    # Each tie group holds one member and one non-member: 1/200 FPR buys 1/200 TPR.
-    assert mia.tpr_at_1fpr == pytest.approx(2 / 200)
-
-
-def test_loss_threshold_attack_matches_hand_computed_roc():
+def test_roc_of_hand_computed_losses():
     # Sorted by loss: .1M .15N .2M .25N .3M .5N .6M .7N .9N (4 members, 5 non-members).
     # TPR - FPR after each: .25 .05 .30 .10 .35 .15 .40 .20 0  -> max 0.4 at t = 0.6.
     # TPR at FPR <= 1%: only thresholds below .15 -> 1/4.
     # AUC = P(member loss < non-member loss) = (5 + 4 + 3 + 2) / 20 = 0.7.
     members = np.array([0.1, 0.2, 0.6, 0.3])
     nonmembers = np.array([0.25, 0.5, 0.7, 0.9, 0.15])
-    mia = loss_threshold_attack(members, nonmembers)
-    assert mia.advantage == pytest.approx(0.4)
-    assert mia.tpr_at_1fpr == pytest.approx(0.25)
-    assert mia.auc == pytest.approx(0.7)
+    assert _in_sample(members, nonmembers) == pytest.approx((0.4, 0.25, 0.7))
+    _, _, thresholds = roc(members, nonmembers)
+    assert thresholds[0] == -np.inf and list(thresholds[1:4]) == [0.1, 0.15, 0.2]
 
 
 def test_tied_losses_across_sets_move_together():
     # Three samples share loss 0.5 (two members, one non-member): one threshold takes
     # all three, so the ROC goes (0,0) -> (FPR .5, TPR 1) -> (1,1), never through (0, 1).
     members, nonmembers = np.array([0.5, 0.5]), np.array([0.5, 1.0])
-    mia = loss_threshold_attack(members, nonmembers)
-    assert mia.advantage == pytest.approx(0.5)
-    assert mia.tpr_at_1fpr == 0.0
-    assert mia.auc == pytest.approx(0.75)  # ties count one half
-    # Order of the inputs cannot break the tie either way.
-    swapped = loss_threshold_attack(members[::-1].copy(), nonmembers[::-1].copy())
-    assert swapped == mia
+    assert _in_sample(members, nonmembers) == pytest.approx((0.5, 0.0, 0.75))
+    assert _in_sample(members[::-1].copy(), nonmembers[::-1].copy()) == pytest.approx(
+        (0.5, 0.0, 0.75)
+    )
 
 
 def _brute_force_mia(members: np.ndarray, nonmembers: np.ndarray) -> tuple[float, float, float]:
@@ -392,34 +379,60 @@ def _brute_force_mia(members: np.ndarray, nonmembers: np.ndarray) -> tuple[float
     nonmembers=st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.5, 7.0]), min_size=1, max_size=40),
     perm_seed=st.integers(0, 2**32 - 1),
 )
-def test_loss_threshold_attack_agrees_with_brute_force_and_ignores_order(
-    members, nonmembers, perm_seed
-):
+def test_roc_agrees_with_brute_force_and_ignores_order(members, nonmembers, perm_seed):
     m, nm = np.array(members), np.array(nonmembers)
-    mia = loss_threshold_attack(m, nm)
-    advantage, tpr_low, auc = _brute_force_mia(m, nm)
-    assert mia.advantage == pytest.approx(advantage, abs=1e-12)
-    assert mia.tpr_at_1fpr == pytest.approx(tpr_low, abs=1e-12)
-    assert mia.auc == pytest.approx(auc, abs=1e-12)
-    for value in (mia.advantage, mia.tpr_at_1fpr, mia.auc):
-        assert 0.0 <= value <= 1.0
+    assert _in_sample(m, nm) == pytest.approx(_brute_force_mia(m, nm), abs=1e-12)
     rng = np.random.default_rng(perm_seed)
-    shuffled = loss_threshold_attack(rng.permutation(m), rng.permutation(nm))
-    assert shuffled.advantage == pytest.approx(mia.advantage, abs=1e-12)
-    assert shuffled.tpr_at_1fpr == pytest.approx(mia.tpr_at_1fpr, abs=1e-12)
-    assert shuffled.auc == pytest.approx(mia.auc, abs=1e-12)
+    assert _in_sample(rng.permutation(m), rng.permutation(nm)) == pytest.approx(
+        _in_sample(m, nm), abs=1e-12
+    )
 
 
-def test_equal_infinite_losses_are_ties_too():
-    mia = loss_threshold_attack(np.array([np.inf]), np.array([np.inf]))
-    assert mia.advantage == 0.0
-    assert mia.auc == pytest.approx(0.5)
+def test_nan_and_infinite_losses_never_look_like_members():
+    for bad in (np.inf, np.nan):
+        assert _in_sample(np.array([bad, bad]), np.array([bad, bad]))[0] == 0.0
 
 
-def test_nan_losses_never_look_like_members():
-    mia = loss_threshold_attack(np.array([np.nan, np.nan]), np.array([np.nan, np.nan]))
-    assert mia.advantage == 0.0
-    assert mia.auc == pytest.approx(0.5)
+def test_separated_losses_give_a_certain_advantage_and_a_tiny_p_value():
+    members = np.linspace(0.0, 0.1, 200)
+    nonmembers = np.linspace(1.0, 2.0, 200)
+    mia = membership_test(members, nonmembers, alpha=0.05)
+    assert mia.advantage.value == 1.0 and mia.advantage.low > 0.9
+    assert mia.tpr_at_1fpr.value == 1.0
+    assert mia.p_value < 1e-20 and mia.auc == 1.0
+
+
+def test_no_leakage_trips_the_default_constraint_no_more_often_than_the_confidence_allows():
+    """Members and non-members from one distribution (a model that leaks nothing): the held-out
+    attack is certified to break ``mia_advantage <= 0.05`` in at most 5% of draws at confidence
+    0.95, and its advantage averages 0. The in-sample sweep it replaces is biased upwards and
+    trips the same constraint far more often."""
+    rng = np.random.default_rng(0)
+    broken_old, certified_broken, advantages = 0, 0, []
+    draws = 400
+    for _ in range(draws):
+        losses = rng.exponential(size=(2, 500))
+        old = _in_sample(losses[0], losses[1])[0]
+        broken_old += old > 0.05
+        mia = membership_test(losses[0], losses[1], alpha=0.05)
+        advantages.append(mia.advantage.value)
+        certified_broken += decide("<=", 0.05, mia.advantage) is Decision.UNSAFE
+    assert certified_broken / draws <= 0.05
+    assert abs(np.mean(advantages)) < 0.01
+    assert broken_old / draws > 0.05  # the old point estimate's false alarms
+
+
+def test_losses_are_float64_so_confident_predictions_do_not_tie_at_zero(trained, tiny_data):
+    x, y = tiny_data.train.x[:300], tiny_data.train.y[:300]
+    with torch.no_grad():
+        float32 = F.cross_entropy(trained(x), y, reduction="none")
+    float64 = per_sample_loss(trained, tensor_batches(x, y)())
+    assert float64.dtype == np.float64
+    assert int((float64 == 0).sum()) < int((float32 == 0).sum())
+    # Without the ties, the low-FPR threshold separates the overfit model's members.
+    members = per_sample_loss(trained, tensor_batches(x, y)())
+    nonmembers = per_sample_loss(trained, tensor_batches(tiny_data.test.x, tiny_data.test.y)())
+    assert membership_test(members, nonmembers[:300], alpha=0.05).tpr_at_1fpr.value > 0
 
 
 def test_membership_inference_on_overfitted_model(trained, tiny_data):
@@ -429,19 +442,16 @@ def test_membership_inference_on_overfitted_model(trained, tiny_data):
     mia = membership_inference(trained, [members], [nonmembers])
     assert trained.training  # restored
     trained.eval()
-    for value in (mia.advantage, mia.tpr_at_1fpr, mia.auc):
-        assert 0.0 <= value <= 1.0
-    # Same as scoring the cross-entropy losses directly.
+    # Same as scoring the float64 cross-entropy of the logits directly.
     with torch.no_grad():
-        m_loss = F.cross_entropy(trained(members[0]), members[1], reduction="none")
-        n_loss = F.cross_entropy(trained(nonmembers[0]), nonmembers[1], reduction="none")
-    direct = loss_threshold_attack(m_loss.double().numpy(), n_loss.double().numpy())
-    assert mia.advantage == pytest.approx(direct.advantage, abs=1e-9)
-    assert mia.auc == pytest.approx(direct.auc, abs=1e-9)
+        m_loss = F.cross_entropy(trained(members[0]).double(), members[1], reduction="none")
+        n_loss = F.cross_entropy(trained(nonmembers[0]).double(), nonmembers[1], reduction="none")
+    direct = membership_test(m_loss.numpy(), n_loss.numpy(), alpha=0.05)
+    assert mia == direct
     # The fixture model fits its 600 training images better than unseen ones
-    # (train loss ~0.003), so the attack beats guessing.
+    # (train loss ~0.003), so the attack beats guessing, with significance.
     assert mia.auc > 0.5
-    assert mia.advantage > 0.05
+    assert mia.advantage.value > 0.05 and mia.p_value < 0.05
 
 
 # ----------------------------------------------------------------- constraints
@@ -517,3 +527,73 @@ def test_bad_constraint_raises_one_line_config_error_naming_its_key(bad):
     message = str(info.value)
     assert "safety.constraints[1]" in message
     assert "\n" not in message
+
+
+# ----------------------------------------------------------------- bounds and decisions
+
+
+def test_clopper_pearson_bounds_match_the_exact_binomial_tails():
+    from scipy.stats import binom
+
+    low, high = clopper_pearson(70, 100, 0.025)
+    assert binom.sf(69, 100, low) == pytest.approx(0.025, rel=1e-6)
+    assert binom.cdf(70, 100, high) == pytest.approx(0.025, rel=1e-6)
+    assert clopper_pearson(0, 50, 0.05)[0] == 0.0 and clopper_pearson(50, 50, 0.05)[1] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("op", "estimate", "verdict"),
+    [
+        (">=", Estimate(0.8, 0.75, 0.85), Decision.SAFE),
+        (">=", Estimate(0.6, 0.55, 0.65), Decision.UNSAFE),
+        (">=", Estimate(0.71, 0.66, 0.76), Decision.UNDECIDED),
+        ("<=", Estimate(0.02, 0.0, 0.05), Decision.SAFE),
+        ("<=", Estimate(0.2, 0.1, 0.3), Decision.UNSAFE),
+    ],
+)
+def test_a_constraint_is_certified_only_by_the_pessimistic_end_of_its_bounds(op, estimate, verdict):
+    threshold = 0.7 if op == ">=" else 0.05
+    assert decide(op, threshold, estimate) is verdict
+
+
+def test_sequential_looks_double_up_to_the_cap():
+    assert looks(200, 1000) == [200, 400, 800, 1000]
+    assert looks(500, 300) == [300]
+
+
+def test_sequential_evaluation_stops_early_on_clear_cases_and_spends_more_on_borderline_ones():
+    rng = np.random.default_rng(0)
+
+    def stream(p: float):
+        draws = rng.random(1000) < p
+        return lambda a, b: {"fgsm_robust_acc": int(draws[a:b].sum())}
+
+    sizes = looks(200, 1000)
+    level = 0.05 / len(sizes)
+    clear, used = sequential_proportions(
+        sizes, stream(0.3), [("fgsm_robust_acc", ">=", 0.7)], level
+    )
+    assert used == 200 and decide(">=", 0.7, clear["fgsm_robust_acc"]) is Decision.UNSAFE
+    _, used = sequential_proportions(sizes, stream(0.72), [("fgsm_robust_acc", ">=", 0.7)], level)
+    assert used > 200
+
+
+def test_sequential_decisions_are_wrong_no_more_often_than_the_confidence_allows():
+    """A model just below the threshold (true robust accuracy 0.69 against >= 0.70): over many
+    simulated validation sets, the sequential procedure certifies it safe in at most 5% of
+    them at confidence 0.95, although it may look as often as it likes."""
+    rng = np.random.default_rng(1)
+    sizes = looks(200, 2000)
+    level = 0.05 / len(sizes)
+    wrong = 0
+    runs = 2000
+    for _ in range(runs):
+        draws = rng.random(2000) < 0.69
+        estimates, _ = sequential_proportions(
+            sizes,
+            lambda a, b, d=draws: {"fgsm_robust_acc": int(d[a:b].sum())},
+            [("fgsm_robust_acc", ">=", 0.70)],
+            level,
+        )
+        wrong += decide(">=", 0.70, estimates["fgsm_robust_acc"]) is Decision.SAFE
+    assert wrong / runs <= 0.05

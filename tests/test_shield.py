@@ -65,9 +65,20 @@ def test_an_action_just_rolled_back_is_masked_in_the_restored_state():
     assert d.allowed.tolist() == only.tolist()
 
 
-def test_critic_masks_nothing_during_warmup():
+def test_before_the_first_safe_state_only_actions_predicted_to_lower_the_cost_are_allowed():
+    """Issue: the shield did nothing until an episode was first safe. Now, with the episode at
+    cost 0.25, it allows the actions the critic predicts to lower that cost."""
     shield = shield_with_costs([0.4, 0.1, 0.3, 0.2])
-    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), warmup=True)
+    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), warmup_cost=0.25)
+    assert d.allowed.tolist() == [False, True, False, True] and d.critic_applied
+    # None predicted to help: the least bad one stays.
+    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), warmup_cost=0.05)
+    assert d.allowed.tolist() == [False, True, False, False]
+
+
+def test_the_warmup_rule_can_be_turned_off():
+    shield = shield_with_costs([0.4, 0.1, 0.3, 0.2], warmup_shield=False)
+    d = shield.decide(np.zeros(3, dtype=np.float32), np.ones(4, dtype=bool), warmup_cost=0.25)
     assert d.allowed.all() and not d.masked_by_critic.any()
 
 

@@ -183,7 +183,7 @@ def test_task_hyperparameters_are_fixed_from_config_and_applied_every_step(monke
     monkeypatch.setattr(step, "apply_to_model", spy)
     result = runner.run(StepRequest(None, hp, 100, 0))
     assert applied == [[0.5, 0.5]]
-    assert {"val_acc", "fgsm_robust_acc", "mia_advantage", "train_loss"} <= set(result.metrics)
+    assert {"val_acc", "fgsm_robust_acc", "certified", "train_loss"} <= set(result.metrics)
 
 
 def test_a_plugin_metric_is_measured_per_step_and_judged_by_the_spec():

@@ -112,3 +112,46 @@ def test_mean_loss_above_max_loss_counts_as_divergence(tiny_data):
         max_loss=0.5,
     )
     assert stats.diverged and math.isfinite(stats.mean_loss)
+
+
+def test_adversarial_training_radius_and_attack_are_set_apart_from_the_evaluation():
+    """Issue: safety.epsilon fed both the evaluation and adversarial training."""
+    from shieldtune.config import config_from_dict
+    from shieldtune.training.step import StepRunner
+
+    from .conftest import TINY
+
+    cfg = config_from_dict(
+        {
+            **TINY,
+            "training": {"adv_epsilon": 0.3, "adv_attack": "pgd", "adv_pgd_steps": 2},
+            "safety": {**TINY["safety"], "epsilon": 0.1},
+        }
+    )
+    runner = StepRunner.from_config(cfg)
+    assert runner._adversarial.epsilon == 0.3 and runner._adversarial.attack == "pgd"
+    assert runner.suite.cfg.epsilon == 0.1
+    assert config_from_dict(TINY).training.adv_epsilon is None  # default: the eval radius
+
+
+def test_pgd_adversarial_training_trains_differently_from_fgsm(tiny_data):
+    def with_attack(attack):
+        torch.manual_seed(0)
+        model = build_model()
+        tcfg = TrainingConfig()
+        hp = {**fixed_hyperparameters(tcfg, TASK), "adv_mix": 0.5}
+        adversarial = AdversarialTraining(0.1, PIXELS, attack, 2)
+        stats = train_segment(
+            model,
+            make_optimizer(model, tcfg),
+            tiny_data.train,
+            hp,
+            256,
+            torch.Generator().manual_seed(0),
+            adversarial=adversarial,
+        )
+        assert not stats.diverged
+        return model
+
+    a, b = with_attack("fgsm"), with_attack("pgd")
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

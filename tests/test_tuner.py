@@ -145,3 +145,39 @@ def test_warm_start_from_a_different_search_space_is_a_clear_error(tmp_path, tin
     )
     with pytest.raises(CheckpointError, match="n_actions"):
         run_tuning(cfg, data=tiny_data)
+
+
+def test_segments_that_break_the_spec_before_the_first_safe_state_are_counted(tmp_path, tiny_data):
+    """Issue: a seed whose segments all broke the spec reported ``violations: 0``, because
+    they were all warm-up. Every unsafe segment is counted, split into warm-up and after."""
+    never_safe = [metrics(0.1, fgsm=0.05)] + [metrics(0.5, fgsm=0.1)] * 6
+    s = run_tuning(
+        tiny(
+            tmp_path / "w",
+            safety={"constraints": ["fgsm_robust_acc >= 0.5"]},
+            tuner={"episodes": 2},
+            env={"steps_per_episode": 2},
+        ),
+        data=tiny_data,
+        executor=ScriptedExecutor(never_safe),
+    )
+    assert (s.unsafe_segments, s.warmup_steps, s.violations) == (4, 4, 0)
+    assert s.best is None and not s.feasible_found
+
+
+def test_only_states_certified_safe_are_selected(tmp_path, tiny_data):
+    """A state that meets the spec on its point estimate but is not certified (undecided) is
+    never the job's model; a certified one is."""
+    undecided = {"metrics": {**metrics(0.95)["metrics"], "certified": 0.0}}
+    certified = {"metrics": {**metrics(0.80)["metrics"], "certified": 1.0}}
+    s = run_tuning(
+        tiny(
+            tmp_path / "c",
+            tuner={"episodes": 1, "test_report": False},
+            env={"steps_per_episode": 2},
+        ),
+        data=tiny_data,
+        executor=ScriptedExecutor([metrics(0.1), undecided, certified]),
+    )
+    assert s.best["val_metrics"]["val_acc"] == 0.80
+    assert (s.certified_safe_states, s.undecided_states) == (1, 1)

@@ -113,30 +113,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         s = run_tuning(cfg, resume=state)
     else:
         s = run_tuning(cfg)
-    print(f"\nconstraints: {', '.join(s.constraints)}")
-    print(
-        f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples trained, "
-        f"{s.violations} violations ({s.diverged_steps} diverged), {s.warmup_steps} warm-up "
-        f"steps before the first safe state; {s.stop_reason}"
-    )
-    if s.best is not None and s.test_metrics is not None:
-        t = s.test_metrics
-        print(
-            f"best feasible: episode {s.best['episode']} step {s.best['step']}, "
-            f"val_acc {s.best['val_metrics']['val_acc']:.4f}"
-        )
-        print(
-            f"test: acc {t['test_acc']:.4f}, fgsm {t['fgsm_robust_acc']:.4f}, "
-            f"pgd {t['pgd_robust_acc']:.4f} "
-            f"(gap {t['fgsm_pgd_gap']:+.4f}), mia advantage {t['mia_advantage']:.4f}, "
-            f"tpr@1%fpr {t['mia_tpr_at_1fpr']:.4f}, safety gate "
-            f"{'passed' if t['constraints_satisfied'] else 'FAILED'}"
-        )
-    else:
-        print(
-            "no feasible model was found: every accepted state broke a constraint; "
-            "relax safety.constraints or widen env.search_space"
-        )
+    _print_summary(cfg, s)
     print(f"outputs: {s.output_dir}")
     if s.tracking_uri:
         from shieldtune.tracking.tracker import ui_hint
@@ -148,6 +125,55 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(f"registered model: {rm['name']} version {rm['version']}{alias}")
         print(f"browse: {ui_hint(s.tracking_uri)}")
     return 0
+
+
+def _print_summary(cfg: Config, s) -> None:
+    """The job's closing lines: spec, honest unsafe-segment counts, chosen state, test report."""
+    from shieldtune.safety.report import constraint_rows, format_rows
+    from shieldtune.safety.spec import available_metrics, parse_constraints
+    from shieldtune.tasks.registry import make_task
+
+    constraints = parse_constraints(s.constraints, available_metrics(make_task(cfg.task)))
+    print(f"\nconstraints: {', '.join(s.constraints)} (confidence {cfg.safety.confidence:g})")
+    print(
+        f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples "
+        f"trained; {s.stop_reason}"
+    )
+    print(
+        f"unsafe segments: {s.unsafe_segments} of {s.steps_run} ({s.warmup_steps} before the "
+        f"first safe state, {s.violations} after it and rolled back, {s.diverged_steps} "
+        f"diverged); accepted states certified safe: {s.certified_safe_states}, undecided: "
+        f"{s.undecided_states}"
+    )
+    if s.best is None:
+        print(
+            "no certified-safe model was found: no accepted state met every constraint at "
+            f"confidence {cfg.safety.confidence:g}; relax safety.constraints, widen "
+            "env.search_space (e.g. adv_mix) or raise the budget"
+        )
+        return
+    print(
+        f"best certified-safe state: episode {s.best['episode']} step {s.best['step']}, "
+        f"val_acc {s.best['val_metrics']['val_acc']:.4f}"
+    )
+    t = s.test_metrics
+    if t is None:
+        return
+    extras = [f"acc {t['test_acc']:.4f}"]
+    if "fgsm_robust_acc" in t:
+        extras.append(
+            f"fgsm {t['fgsm_robust_acc']:.4f}, pgd {t['pgd_robust_acc']:.4f} "
+            f"(gap {t['fgsm_pgd_gap']:+.4f})"
+        )
+    extras.append(
+        f"mia advantage {t['mia_advantage']:.4f} (p={t['mia_p_value']:.3g} vs no leakage), "
+        f"tpr@1%fpr {t['mia_tpr_at_1fpr']:.4f}"
+    )
+    print(f"test: {', '.join(extras)}")
+    for line in format_rows(constraint_rows(constraints, t)):
+        print(line)
+    gate = "passed" if t["constraints_satisfied"] else "FAILED"
+    print(f"safety gate {gate}: every constraint must be certified on the test split")
 
 
 def _resumed_config(given: Config, saved: dict, *, given_explicitly: bool = False) -> Config:

@@ -124,6 +124,13 @@ class TrainingConfig:
     #: Mixed precision for training forward passes (bfloat16 autocast); attacks and
     #: evaluation stay in float32.
     amp: bool = False
+    #: Radius of the adversarial examples ``adv_mix`` trains on (default: safety.epsilon,
+    #: the radius the spec is evaluated at).
+    adv_epsilon: float | None = field(default=None, metadata=_range(0.0, 100.0))
+    #: How they are made: ``fgsm`` (one step) or ``pgd`` (``adv_pgd_steps`` steps from a
+    #: random start; stronger, costs that many more forward/backward passes).
+    adv_attack: str = field(default="fgsm", metadata=_choices("fgsm", "pgd"))
+    adv_pgd_steps: int = field(default=3, metadata=_range(1, 100))
 
 
 @dataclass
@@ -135,11 +142,18 @@ class SafetyConfig:
     epsilon: float = field(default=0.1, metadata=_range(0.0, 100.0))
     pgd_steps: int = field(default=10, metadata=_range(1, 1000))
     pgd_restarts: int = field(default=2, metadata=_range(1, 100))
-    #: Validation samples attacked per environment step, at most the whole split (the final
+    #: Confidence of every safety decision: a state is certified safe only when the
+    #: pessimistic ends of its metrics' confidence bounds meet the spec at this level.
+    confidence: float = field(default=0.95, metadata=_range(0.5, 0.9999))
+    #: Validation samples attacked at a step's first look; undecided states get twice as
+    #: many, and so on up to ``eval_samples_max`` (sequential evaluation).
+    eval_samples: int = field(default=200, metadata=_range(1, 10_000_000))
+    #: The most validation samples one step attacks (at most the whole split; the final
     #: report attacks the whole test split).
-    eval_samples: int = field(default=500, metadata=_range(1, 10_000_000))
-    #: Members and non-members each for membership inference, at most the smaller split.
-    mia_samples: int = field(default=1000, metadata=_range(2, 10_000_000))
+    eval_samples_max: int = field(default=1000, metadata=_range(1, 10_000_000))
+    #: Members and non-members each for membership inference (at most the smaller split);
+    #: half of each calibrates the attack's threshold, the other half scores it.
+    mia_samples: int = field(default=1000, metadata=_range(4, 10_000_000))
 
 
 @dataclass
@@ -168,6 +182,12 @@ class ShieldConfig:
     critic_updates_per_step: int = field(default=8, metadata=_range(0, 1000))
     #: Reward penalty per unit of cost (the Lagrangian-style alternative to masking).
     cost_penalty: float = field(default=0.0, metadata=_range(0.0, 1e6))
+    #: Reward per unit of spec violation an accepted segment removes (shaping with the
+    #: potential -max(cost, 0)), so the agent is steered toward safety before it is safe.
+    safety_shaping: float = field(default=1.0, metadata=_range(0.0, 1e6))
+    #: Until an episode is first safe, allow only actions the critic predicts to lower the
+    #: cost (the lowest-predicted one always stays): first reduce cost, then raise accuracy.
+    warmup_shield: bool = True
     #: Cost recorded for a diverged segment (NaN/inf loss).
     divergence_cost: float = field(default=1.0, metadata=_range(0.0, 1e6))
 
@@ -476,6 +496,12 @@ def _check_cross_field(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'agent.epsilon_end' = {cfg.agent.epsilon_end} must not exceed "
             f"agent.epsilon_start = {cfg.agent.epsilon_start}"
+        )
+    if cfg.safety.eval_samples > cfg.safety.eval_samples_max:
+        raise ConfigError(
+            f"config key 'safety.eval_samples' = {cfg.safety.eval_samples} exceeds "
+            f"safety.eval_samples_max = {cfg.safety.eval_samples_max}; the first look cannot "
+            "attack more than the cap"
         )
     if not cfg.env.search_space:
         raise ConfigError(

@@ -40,6 +40,7 @@ from shieldtune.control.search_space import SearchSpace
 from shieldtune.executors.base import StepExecutor
 from shieldtune.rng import rng_state, set_rng_state
 from shieldtune.safety.spec import available_metrics, parse_constraints, spec_cost
+from shieldtune.safety.stats import Decision
 from shieldtune.tasks.registry import make_task
 from shieldtune.training.hyperparameters import fixed_hyperparameters
 from shieldtune.training.step import StepRequest, StepResult, TrainState
@@ -98,6 +99,9 @@ class HyperparamEnv(gym.Env):
         self.samples_used = 0
         self._last_reward = 0.0
         self.cost = 0.0
+        #: The accepted state's verdict at safety.confidence (only certified-safe states are
+        #: ever selected as the job's model).
+        self.certified = Decision.UNDECIDED
         self.safe_reached = False
         self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "attempts": 1}
         self._proposed: dict[str, float] | None = None
@@ -173,6 +177,7 @@ class HyperparamEnv(gym.Env):
     def complete_reset(self, result: StepResult) -> tuple[np.ndarray, dict[str, Any]]:
         self.state, self.metrics = result.state, result.metrics
         self.cost = spec_cost(self.constraints, self.metrics)
+        self.certified = Decision(int(self.metrics.get("certified", Decision.UNDECIDED)))
         self.safe_reached = self.cost <= 0
         return self._observation(), self._info(cost=self.cost, constraint_satisfied=self.cost <= 0)
 
@@ -201,14 +206,17 @@ class HyperparamEnv(gym.Env):
         seed = _segment_seed(self.episode_seed, self.t)
         self.samples_used += result.samples
         previous_acc = self.metrics["val_acc"]
+        previous_violation = max(self.cost, 0.0)
         if result.diverged:
             cost = self.cfg.shield.divergence_cost
             costs = {str(c): cost for c in self.constraints}
             observed = {"val_acc": 0.0}
+            certified = Decision.UNSAFE
         else:
             cost = spec_cost(self.constraints, result.metrics)
             costs = self.costs(result.metrics)
             observed = result.metrics
+            certified = Decision(int(result.metrics.get("certified", Decision.UNDECIDED)))
         unsafe = cost > 0
         warmup = unsafe and not self.safe_reached and not result.diverged
         violation = unsafe and not warmup
@@ -216,12 +224,17 @@ class HyperparamEnv(gym.Env):
         if accepted:
             self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
             self.cost = cost
+            self.certified = certified
             self.safe_reached = self.safe_reached or not unsafe
             self.schedule.append(
                 ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples, seed)
             )
         reward = observed["val_acc"] - previous_acc if (accepted or result.diverged) else 0.0
         reward -= self.cfg.shield.cost_penalty * max(cost, 0.0)
+        if not result.diverged:
+            # Shaping toward safety (potential -max(c, 0)): each unit of violation the accepted
+            # state removes is rewarded, each unit it adds is charged.
+            reward += self.cfg.shield.safety_shaping * (previous_violation - max(self.cost, 0.0))
         self._last_reward = float(np.clip(reward, -1.0, 1.0))
         terminated = bool(result.diverged)
         truncated = self.t >= self.cfg.env.steps_per_episode
@@ -229,6 +242,7 @@ class HyperparamEnv(gym.Env):
             cost=cost,
             costs=costs,
             constraint_satisfied=not unsafe,
+            certified=certified.name.lower(),
             violation=violation,
             warmup=warmup,
             accepted=accepted,
@@ -259,6 +273,7 @@ class HyperparamEnv(gym.Env):
             "samples_used": self.samples_used,
             "last_reward": self._last_reward,
             "cost": self.cost,
+            "certified": int(self.certified),
             "safe_reached": self.safe_reached,
             "np_random": rng_state(self.np_random),
         }
@@ -280,6 +295,7 @@ class HyperparamEnv(gym.Env):
         self.episode_seed, self.t = int(snap["episode_seed"]), int(snap["t"])
         self.samples_used, self._last_reward = int(snap["samples_used"]), snap["last_reward"]
         self.cost, self.safe_reached = snap["cost"], bool(snap["safe_reached"])
+        self.certified = Decision(int(snap["certified"]))
         set_rng_state(self.np_random, snap["np_random"])
 
     def close(self) -> None:

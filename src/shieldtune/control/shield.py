@@ -3,8 +3,10 @@
 The predictor is a learned safety critic (an MLP regressing the observed
 signed cost of each taken action) combined with the hard bounds of the search
 space. Until the critic has seen ``critic_min_samples`` costs it masks
-nothing beyond the hard bounds. At least one action always stays allowed:
-the bound-valid action with the lowest predicted cost.
+nothing beyond the hard bounds (a warm-started critic is trusted at once).
+Once the episode is safe it masks actions predicted to break the spec; before
+that, actions not predicted to lower the cost. At least one action always
+stays allowed: the bound-valid action with the lowest predicted cost.
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ class SafetyShield:
         obs: np.ndarray,
         bounds_mask: np.ndarray,
         rejected_action: int | None = None,
-        warmup: bool = False,
+        warmup_cost: float | None = None,
     ) -> ShieldDecision:
         """Allowed actions in ``obs``.
 
-        During ``warmup`` (the episode has not reached a safe state yet) no action
-        can lead to a safe state, so the critic masks nothing: masking would only
-        shrink exploration to the single least-bad action.
+        ``warmup_cost`` is the current cost while the episode has not yet reached a
+        safe state. No action is predicted safe then, so masking "predicted unsafe"
+        would leave only the least-bad action; instead (``shield.warmup_shield``) the
+        critic allows the actions it predicts to *lower* the cost (first reduce cost,
+        then raise accuracy), so the shield steers toward safety from the start.
 
         ``rejected_action`` is the action whose segment was just rolled back: the
         state is the same safe state again, and that action was just observed to
@@ -75,9 +79,11 @@ class SafetyShield:
             if without.any():
                 bounds_mask = without
         pred = self.predict(obs)
-        if not self.active or warmup:
+        in_warmup = warmup_cost is not None
+        if not self.active or (in_warmup and not self.cfg.warmup_shield):
             return ShieldDecision(bounds_mask.copy(), pred, np.zeros_like(bounds_mask), False)
-        allowed = bounds_mask & (pred <= -self.cfg.margin)
+        limit = warmup_cost if warmup_cost is not None else -self.cfg.margin
+        allowed = bounds_mask & (pred < limit if in_warmup else pred <= limit)
         if not allowed.any():
             candidates = np.flatnonzero(bounds_mask)
             allowed = np.zeros_like(bounds_mask)

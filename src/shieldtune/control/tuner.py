@@ -37,6 +37,7 @@ from shieldtune.control.shield import SafetyShield, ShieldDecision
 from shieldtune.errors import CheckpointError, is_existing_file
 from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
+from shieldtune.safety.stats import Decision
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import first_inputs
 from shieldtune.tasks.checker import check_model, load_task_data
@@ -66,9 +67,17 @@ class TuningSummary:
     episodes_run: int
     steps_run: int
     samples_trained: int
+    #: Trained segments whose measured result broke the spec (warm-up and violations).
+    unsafe_segments: int
+    #: Of those, segments after the episode's first safe state (rolled back), diverged ones
+    #: included.
     violations: int
+    #: Of those, segments before the episode's first safe state (nothing safe to return to).
     warmup_steps: int
     diverged_steps: int
+    #: Accepted states certified safe / left undecided at safety.confidence.
+    certified_safe_states: int
+    undecided_states: int
     #: Extra attempts of steps whose worker failed or was evicted (all later succeeded).
     step_retries: int
     num_envs: int
@@ -125,6 +134,8 @@ class _JobState:
     violations: int = 0
     warmup: int = 0
     diverged: int = 0
+    certified_safe: int = 0
+    undecided: int = 0
     retries: int = 0
     stop_reason: str | None = None
     #: Wall and controller time spent before the last resume.
@@ -233,7 +244,7 @@ def _learn_from_step(
     with controller:
         rolled_back = action if info["violation"] and not info["accepted"] else None
         next_decision = shield.decide(
-            next_obs, info["action_mask"], rolled_back, warmup=not env.safe_reached
+            next_obs, info["action_mask"], rolled_back, warmup_cost=_warmup_cost(env)
         )
         agent.remember(obs, action, reward, cost, next_obs, done, next_decision.allowed)
         shield.record()
@@ -243,6 +254,8 @@ def _learn_from_step(
     job.violations += int(violation)
     job.warmup += int(info["warmup"])
     job.diverged += int(info["diverged"])
+    job.certified_safe += int(info["certified"] == "safe")
+    job.undecided += int(info["certified"] == "undecided")
     slot.episode_return += reward
     observed = info["observed_metrics"]
     record = {
@@ -256,6 +269,10 @@ def _learn_from_step(
         "val_acc": observed.get("val_acc", float("nan")),
         "fgsm_robust_acc": observed.get("fgsm_robust_acc", float("nan")),
         "mia_advantage": observed.get("mia_advantage", float("nan")),
+        # Everything else measured: bounds (<metric>_low/_high), verdict, task metrics, ...
+        **{k: float(v) for k, v in observed.items() if k not in ("train_loss",)},
+        "verdict": info["certified"],
+        "unsafe": cost > 0,
         "reward": float(reward),
         "cost": cost,
         "violation": violation,
@@ -299,9 +316,10 @@ def _learn_from_step(
     }
     tracker.log_step(slot.run_id, step_metrics, step=env.t)
     best = job.best
+    # Only states certified safe at safety.confidence are ever selected.
     if (
         info["accepted"]
-        and env.cost <= 0
+        and env.certified is Decision.SAFE
         and (best is None or env.metrics["val_acc"] > best.val_metrics["val_acc"])
     ):
         job.best = BestFeasible(
@@ -317,7 +335,16 @@ def _learn_from_step(
     return done
 
 
-_NOT_METRICS = ("episode", "env_index", "step", "global_step", "action", "move", "samples_used")
+_NOT_METRICS = (
+    "episode",
+    "env_index",
+    "step",
+    "global_step",
+    "action",
+    "move",
+    "samples_used",
+    "verdict",
+)
 
 
 CONTROLLER_KIND = "shieldtune.controller/v1"
@@ -465,7 +492,7 @@ def run_tuning(
                     slot.needs_reset = False
                     with controller:
                         slot.decision = shield.decide(
-                            slot.obs, info["action_mask"], warmup=not slot.env.safe_reached
+                            slot.obs, info["action_mask"], warmup_cost=_warmup_cost(slot.env)
                         )
                     continue
                 done = _learn_from_step(cfg, slot, result, agent, shield, tracker, job, controller)
@@ -493,9 +520,12 @@ def run_tuning(
             episodes_run=job.next_episode,
             steps_run=job.global_step,
             samples_trained=job.samples,
+            unsafe_segments=job.violations + job.warmup,
             violations=job.violations,
             warmup_steps=job.warmup,
             diverged_steps=job.diverged,
+            certified_safe_states=job.certified_safe,
+            undecided_states=job.undecided,
             step_retries=job.retries,
             num_envs=n_envs,
             executor=cfg.tuner.executor,
@@ -511,6 +541,8 @@ def run_tuning(
                 "wall_seconds": result.wall_seconds,
                 "controller_seconds": result.controller_seconds,
                 "violations": float(job.violations),
+                "unsafe_segments": float(job.violations + job.warmup),
+                "unsafe_warmup_segments": float(job.warmup),
             }
         )
         status = "FINISHED"
@@ -520,6 +552,11 @@ def run_tuning(
         if executor is not None:
             executor.close()
         tracker.finish(status)
+
+
+def _warmup_cost(env: HyperparamEnv) -> float | None:
+    """The episode's current cost while it has not yet been safe (the shield's warm-up rule)."""
+    return None if env.safe_reached else float(env.cost)
 
 
 def _early_stop(cfg: Config, best: BestFeasible | None, violations: int) -> str | None:
@@ -558,7 +595,12 @@ def _finish(
     policy_path = save_policy(
         out_dir / "agent.pt", agent.state_dict(), shield.state_dict(), env.space.names
     )
-    plot_path = plot_steps(records, env.space.names, out_dir / "schedule.png") if records else None
+    plot_path = None
+    if records:
+        chosen = None if best is None else best.global_step
+        plot_path = plot_steps(
+            records, env.space.names, out_dir / "schedule.png", env.constraints, chosen
+        )
     for path, folder in (
         (out_dir / "config.yaml", None),
         (out_dir / "shield_audit.jsonl", None),
@@ -571,11 +613,11 @@ def _finish(
 
     test_metrics = best_dict = registered = None
     if best is not None:
-        task = make_task(cfg.task)
-        model = build_model(task, best.init_seed, torch.device("cpu"))
-        model.load_state_dict(best.model_state)
-        model.eval()
         if cfg.tuner.test_report:
+            task = make_task(cfg.task)
+            model = build_model(task, best.init_seed, torch.device("cpu"))
+            model.load_state_dict(best.model_state)
+            model.eval()
             device = resolve_device(cfg.training.device)
             test_metrics = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
         best_dict = {

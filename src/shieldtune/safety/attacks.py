@@ -77,7 +77,7 @@ def correct(
         parts = []
         for xb, yb in batches:
             inputs = xb if make_input is None else make_input(xb, yb)
-            with torch.no_grad():
+            with torch.inference_mode():
                 parts.append((model(inputs).argmax(dim=1) == yb).cpu())
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
     finally:
@@ -85,11 +85,18 @@ def correct(
 
 
 def fgsm_robust(
-    model: nn.Module, batches: Batches, epsilon: float, domain: InputDomain = PIXELS
+    model: nn.Module,
+    batches: Batches,
+    epsilon: float,
+    domain: InputDomain = PIXELS,
+    clean: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per sample: classified correctly both clean and under FGSM (RobustBench convention)."""
+    """Per sample: classified correctly both clean and under FGSM (RobustBench convention).
+
+    ``clean``: the samples' clean correctness when already known (saves a forward pass).
+    """
     robust = correct(model, batches(), lambda xb, yb: fgsm(model, xb, yb, epsilon, domain))
-    return robust & correct(model, batches())
+    return robust & (correct(model, batches()) if clean is None else clean)
 
 
 def pgd_robust(
@@ -100,10 +107,11 @@ def pgd_robust(
     restarts: int,
     seed: int = 0,
     domain: InputDomain = PIXELS,
+    clean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per sample: classified correctly and no PGD restart fools it."""
     gen = torch.Generator().manual_seed(seed)
-    robust = correct(model, batches())
+    robust = correct(model, batches()) if clean is None else clean.clone()
     for _ in range(restarts):
         robust &= correct(
             model,

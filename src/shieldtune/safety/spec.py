@@ -24,11 +24,15 @@ BUILTIN_METRICS = {
     "val_acc": "clean validation accuracy",
     "fgsm_robust_acc": "accuracy under an FGSM attack of radius safety.epsilon",
     "pgd_robust_acc": "accuracy under a PGD attack (safety.pgd_steps, safety.pgd_restarts)",
-    "mia_advantage": "membership-inference advantage max(TPR - FPR) of a loss-threshold attack",
-    "mia_tpr_at_1fpr": "membership-inference true-positive rate at 1% false-positive rate",
+    "mia_advantage": "membership-inference advantage TPR - FPR of a loss-threshold attack, "
+    "threshold calibrated on one half of the samples and scored on the other",
+    "mia_tpr_at_1fpr": "membership-inference true-positive rate at the threshold calibrated to "
+    "1% false-positive rate (held-out half)",
 }
 #: Metrics that attack the inputs, so they need the task's input domain.
 ATTACK_METRICS = ("fgsm_robust_acc", "pgd_robust_acc")
+#: Metrics of the membership-inference attack.
+MIA_METRICS = ("mia_advantage", "mia_tpr_at_1fpr")
 #: What a metric name must look like (also a task's own metrics).
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 

@@ -17,6 +17,7 @@ upper bound) misses it, and *undecided* otherwise; ``m <= t`` mirrors this.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -82,3 +83,42 @@ def combine(decisions: list[Decision]) -> Decision:
     if all(d is Decision.SAFE for d in decisions):
         return Decision.SAFE
     return Decision.UNDECIDED
+
+
+def looks(first: int, cap: int) -> list[int]:
+    """Cumulative sample counts of the sequential looks: first, 2 first, 4 first, ... cap."""
+    sizes = [min(first, cap)]
+    while sizes[-1] < cap:
+        sizes.append(min(sizes[-1] * 2, cap))
+    return sizes
+
+
+def sequential_proportions(
+    sizes: list[int],
+    count: Callable[[int, int], dict[str, int]],
+    constraints: list[tuple[str, str, float]],
+    level: float,
+) -> tuple[dict[str, Estimate], int]:
+    """Proportions measured on growing prefixes until every constraint on them is decided.
+
+    ``count(start, stop)`` returns, per metric, how many of samples ``start..stop-1`` are
+    hits; ``constraints`` are ``(metric, op, threshold)``. After each look every bound is
+    one-sided at ``level`` (the caller divides its error budget by the number of looks, so
+    stopping at the first decisive look keeps the overall error within the budget: a union
+    bound over the looks). Returns the estimates and the samples used.
+    """
+    hits: dict[str, int] = {}
+    estimates: dict[str, Estimate] = {}
+    done = 0
+    for size in sizes:
+        for name, k in count(done, size).items():
+            hits[name] = hits.get(name, 0) + k
+        done = size
+        estimates = {name: proportion(k, done, level) for name, k in hits.items()}
+        if all(
+            decide(op, threshold, estimates[metric]) is not Decision.UNDECIDED
+            for metric, op, threshold in constraints
+            if metric in estimates
+        ):
+            break
+    return estimates, done

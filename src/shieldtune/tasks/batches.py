@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from shieldtune.tasks.contract import TaskData, TensorSplit
 
 #: Samples per forward pass when evaluating or attacking.
-EVAL_BATCH = 1000
+EVAL_BATCH = 128
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

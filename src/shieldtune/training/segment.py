@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shieldtune.config import TrainingConfig
-from shieldtune.safety.attacks import fgsm
+from shieldtune.safety.attacks import fgsm, pgd
 from shieldtune.tasks.batches import by_indices
 from shieldtune.tasks.contract import InputDomain
 from shieldtune.training.hyperparameters import apply_to_optimizer
@@ -70,10 +70,22 @@ def batch_plan(
 
 @dataclass(frozen=True)
 class AdversarialTraining:
-    """How ``adv_mix`` examples are made: FGSM of radius ``epsilon`` inside ``domain``."""
+    """How ``adv_mix`` examples are made: FGSM (or ``pgd_steps``-step PGD when ``attack`` is
+    ``pgd``) of radius ``epsilon`` inside ``domain``."""
 
     epsilon: float
     domain: InputDomain
+    attack: str = "fgsm"
+    pgd_steps: int = 3
+
+    def examples(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        if self.attack == "pgd":
+            return pgd(
+                model, x, y, self.epsilon, self.pgd_steps, generator=generator, domain=self.domain
+            )
+        return fgsm(model, x, y, self.epsilon, self.domain)
 
 
 def _healthy(loss_sum: torch.Tensor, processed: int, max_loss: float) -> bool:
@@ -97,7 +109,7 @@ def train_segment(
 ) -> SegmentStats:
     """Train on ``budget_samples`` samples drawn in shuffled passes over ``data``.
 
-    ``hp['adv_mix']`` of each batch is replaced by FGSM examples (``adversarial``:
+    ``hp['adv_mix']`` of each batch is replaced by adversarial examples (``adversarial``:
     adversarial training). A non-finite loss, or a mean loss above ``max_loss``
     (cross-entropy of a sane classifier stays near ln(classes) or below), stops the
     segment and reports ``diverged=True`` rather than raising.
@@ -118,7 +130,7 @@ def train_segment(
         n_adv = round(adv_share * take)
         if n_adv:
             assert adversarial is not None
-            adv = fgsm(model, xb[:n_adv], yb[:n_adv], adversarial.epsilon, adversarial.domain)
+            adv = adversarial.examples(model, xb[:n_adv], yb[:n_adv], generator)
             xb = torch.cat([adv, xb[n_adv:]])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             batch_loss = loss(model(xb), yb)

@@ -96,7 +96,12 @@ class StepRunner:
         self.workers = loader_workers
         self.suite = MetricSuite(task, safety, self.device, loader_workers)
         domain = data.attack_domain(task)
-        self._adversarial = None if domain is None else AdversarialTraining(safety.epsilon, domain)
+        self._adversarial = None
+        if domain is not None:
+            radius = safety.epsilon if training.adv_epsilon is None else training.adv_epsilon
+            self._adversarial = AdversarialTraining(
+                radius, domain, training.adv_attack, training.adv_pgd_steps
+            )
         check_model(task, build_model(task, 0, self.device), self.data)
 
     @classmethod
@@ -139,14 +144,10 @@ class StepRunner:
         metrics = {"train_loss": stats.mean_loss}
         if not stats.diverged:
             metrics.update(self.evaluate(model, seed=request.seed))
+        eval_seconds = time.perf_counter() - start
         state = TrainState(cpu_copy(model.state_dict()), cpu_copy(optimizer.state_dict()))
         return StepResult(
-            state,
-            metrics,
-            stats.diverged,
-            stats.samples,
-            stats.seconds,
-            time.perf_counter() - start,
+            state, metrics, stats.diverged, stats.samples, stats.seconds, eval_seconds
         )
 
     def evaluate(self, model: nn.Module, seed: int) -> dict[str, float]:
