@@ -311,7 +311,6 @@ def test_dockerfile_passes_hadolint_at_style_threshold(flavor):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("flavor", FLAVORS)
 def test_the_plugin_step_image_example_passes_hadolint_and_ends_non_root():
     """docs/tasks.md builds a user's step image FROM the shieldtune image; the example does."""
     dockerfile = ROOT / "examples" / "custom_task" / "Dockerfile"
@@ -323,6 +322,7 @@ def test_the_plugin_step_image_example_passes_hadolint_and_ends_non_root():
     assert users[-1] == "10001:10001"
 
 
+@pytest.mark.parametrize("flavor", FLAVORS)
 def test_dockerfile_has_no_inline_hadolint_ignores(flavor):
     assert "hadolint ignore" not in (DOCKER / f"Dockerfile.{flavor}").read_text()
 
