@@ -1,42 +1,61 @@
-"""Tuning quality, safety and cost of shieldtune against its peers, side by side.
+"""shieldtune against its peers at equal budget, per scenario, with certified safety decisions.
 
-Every method gets the same data split, model, search space (learning rate x
-batch size), safety spec and training budget (counted in training samples),
-over the same seeds. Each method's best *feasible* state (all constraints met
-on validation) is chosen on validation and evaluated once on the test split.
+Scenarios are a built-in task with a loose and a binding safety spec (the
+binding one needs adversarial training). In each, every method gets the same
+split, model, spec and training budget (counted in training samples) over the
+same seeds, and the same search space: learning rate x batch size x
+``adv_mix``, plus, for the static searchers, the choice of a constant or a
+cosine schedule. Every method's model is chosen the same way: its most
+accurate validation state *certified* safe at ``safety.confidence``, reported
+once on the test split (a method that certifies none scores "none").
 
-    python benchmarks/compare.py --quick            # < 15 min on 2 CPU cores
-    python benchmarks/compare.py                    # full mode
-    python benchmarks/compare.py --out results/     # also writes results.json + budget.png
+Methods (charged the budget):
 
-Columns: best feasible test accuracy and its FGSM robust accuracy (test),
-constraint violations during tuning (segments trained whose result broke the
-spec after their training run had first been safe; warm-up segments of a
-fresh model are excluded for every method alike), budget (samples) to reach
-within 0.5 pp of the method's final best validation accuracy, wall time.
-Medians over seeds with [min, max].
+* shieldtune: the default mode (one whole-budget run steered by the
+  pre-trained controller, ``tuner.warm_start: default``); the same cold; and
+  without the shield (no masking, no rollback);
+* shieldtune before the safety work (``--before REF``, default ``4c30d60``):
+  the previous default (6 episodes of fresh models, point-estimate feasibility),
+  run from that commit's source tree in a subprocess;
+* cosine annealing and ReduceLROnPlateau at the values a user starts from
+  (the config's learning rate and batch size, ``adv_mix`` 0);
+* random search, Optuna TPE with constraints (``Trial.set_constraint``) and
+  PBT (Jaderberg et al. 2017: truncation selection, exploit by copying
+  weights, explore by perturbing) over the static values and the schedule.
+
+Reference, not charged: the "oracle", the best fixed cosine schedule of a grid
+over learning rate x ``adv_mix``, picked on validation on a separate seed and
+then run on every seed.
+
+    python benchmarks/compare.py --scenario mnist-binding --seeds 5 --out results/
+    python benchmarks/compare.py --quick            # 1 seed, bc scenarios only: a smoke run
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from shieldtune.config import Config, load_config
+from shieldtune.config import Config, apply_override, config_from_dict, load_config
 from shieldtune.control.tuner import run_tuning
 from shieldtune.executors.local import LocalStepExecutor
-from shieldtune.safety.spec import parse_constraints, spec_cost
+from shieldtune.safety.spec import available_metrics, parse_constraints, spec_cost
+from shieldtune.safety.stats import Decision
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.checker import load_task_data
 from shieldtune.tasks.contract import TaskData
@@ -45,41 +64,115 @@ from shieldtune.training.device import resolve_device
 from shieldtune.training.hyperparameters import fixed_hyperparameters
 from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
 
+REPO = Path(__file__).resolve().parents[1]
 WITHIN = 0.005  # "within 0.5 percentage points of the final best"
+
+#: The searchers' and shieldtune's common search space.
+SPACE = [
+    "{name: learning_rate, init: 0.05, low: 0.003, high: 0.8, scale: log, factor: 2.0, "
+    "schedule: cosine}",
+    "{name: batch_size, init: 64, low: 16, high: 512, scale: log, factor: 2.0, integer: true}",
+    "{name: adv_mix, init: 0.0, low: 0.0, high: 0.5, scale: linear, factor: 0.125, ramp: up}",
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    config: str
+    #: Overrides that set the spec and the budget (segments of the config's segment size).
+    overrides: tuple[str, ...]
+    segments: int
+    #: Segments per trial of the static searchers.
+    trial_segments: int = 8
+
+
+SCENARIOS = {
+    "mnist-loose": Scenario(
+        "configs/mnist-cnn.yaml",
+        ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.1"),
+        32,
+    ),
+    "mnist-binding": Scenario(
+        "configs/mnist-cnn.yaml",
+        ("safety.constraints=[fgsm_robust_acc >= 0.80]", "safety.epsilon=0.15"),
+        32,
+    ),
+    "bc-loose": Scenario(
+        "configs/breast-cancer-mlp.yaml",
+        ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.5"),
+        32,
+    ),
+    "bc-binding": Scenario(
+        "configs/breast-cancer-mlp.yaml",
+        ("safety.constraints=[fgsm_robust_acc >= 0.80]", "safety.epsilon=0.5"),
+        32,
+    ),
+}
+
+
+def scenario_config(s: Scenario, extra: list[str]) -> Config:
+    space = "env.search_space=[" + ", ".join(SPACE) + "]"
+    return load_config(
+        REPO / s.config,
+        [
+            *s.overrides,
+            space,
+            "tuner.episodes=1",
+            f"env.steps_per_episode={s.segments}",
+            "tracking.enabled=false",
+            "tuner.progress=false",
+            *extra,
+        ],
+    )
+
+
+def _with(cfg: Config, overrides: list[str]) -> Config:
+    raw = cfg.to_dict()
+    for o in overrides:
+        apply_override(raw, o)
+    return config_from_dict(raw)
 
 
 # --------------------------------------------------------------------------- bookkeeping
 
 
 @dataclass
+class Result:
+    method: str
+    scenario: str
+    seed: int
+    test_acc: float | None = None
+    test_fgsm: float | None = None
+    #: The chosen model breaks the spec on test (point estimate).
+    breaks_on_test: bool | None = None
+    gate_passed: bool | None = None
+    unsafe_segments: int = 0
+    unsafe_warmup: int = 0
+    samples_to_near_best: int | None = None
+    wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    #: (samples spent, best certified-safe validation accuracy so far)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class Ledger:
-    """Budget, violations and the best feasible state of one method on one seed."""
+    """Budget, unsafe segments and the best certified-safe state of one method on one seed."""
 
     cfg: Config
     budget: int
     samples: int = 0
-    violations: int = 0
+    unsafe: int = 0
     best_acc: float = -1.0
     best_state: TrainState | None = None
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def exhausted(self) -> bool:
         return self.samples >= self.budget
-
-    def record(
-        self,
-        samples: int,
-        val_acc: float,
-        feasible: bool,
-        violation: bool,
-        state: TrainState | None,
-    ) -> None:
-        self.samples += samples
-        self.violations += int(violation)
-        if feasible and val_acc > self.best_acc:
-            self.best_acc, self.best_state = val_acc, state
-        self.curve.append((self.samples, max(self.best_acc, 0.0)))
 
 
 class TrainingRun:
@@ -87,463 +180,521 @@ class TrainingRun:
 
     def __init__(self, ledger: Ledger, executor: LocalStepExecutor, init_seed: int) -> None:
         self.ledger, self.executor = ledger, executor
-        self.constraints = parse_constraints(ledger.cfg.safety.constraints)
-        self.hp_fixed = fixed_hyperparameters(ledger.cfg.training, make_task(ledger.cfg.task))
-        self.seed = init_seed
-        self.t = 0
-        self.state = executor.run(StepRequest(None, self.hp_fixed, 0, init_seed)).state
-        self.safe_reached = False
-        self.val_acc = 0.0
-        self.feasible = False
-        self.cost = math.inf
+        task = make_task(ledger.cfg.task)
+        self.constraints = parse_constraints(ledger.cfg.safety.constraints, available_metrics(task))
+        self.fixed = fixed_hyperparameters(ledger.cfg.training, task)
+        self.seed, self.t = init_seed, 0
+        self.state = executor.run(StepRequest(None, self.fixed, 0, init_seed)).state
+        self.val_acc, self.certified, self.cost = 0.0, False, math.inf
 
-    def segment(self, lr: float, bs: int) -> None:
+    def segment(self, hp: dict[str, float]) -> None:
         self.t += 1
-        hp = {**self.hp_fixed, "learning_rate": lr, "batch_size": bs}
         seg = self.ledger.cfg.training.segment_samples
-        res = self.executor.run(StepRequest(self.state, hp, seg, self.seed * 1000 + self.t))
+        res = self.executor.run(
+            StepRequest(self.state, {**self.fixed, **hp}, seg, self.seed * 1000 + self.t)
+        )
+        led = self.ledger
+        led.samples += res.samples
+        led.train_seconds += res.train_seconds
+        led.eval_seconds += res.eval_seconds
         if res.diverged:
-            self.ledger.record(res.samples, 0.0, False, True, None)
-            self.val_acc, self.feasible = 0.0, False
-            self.cost = self.ledger.cfg.shield.divergence_cost
-            return
-        cost = spec_cost(self.constraints, res.metrics)
-        feasible = cost <= 0
-        self.ledger.record(
-            res.samples,
-            res.metrics["val_acc"],
-            feasible,
-            not feasible and self.safe_reached,
-            res.state,
-        )
-        self.safe_reached = self.safe_reached or feasible
-        self.state, self.val_acc, self.feasible = res.state, res.metrics["val_acc"], feasible
-        self.cost = cost
+            led.unsafe += 1
+            self.val_acc, self.certified, self.cost = 0.0, False, math.inf
+        else:
+            self.cost = spec_cost(self.constraints, res.metrics)
+            led.unsafe += int(self.cost > 0)
+            self.certified = res.metrics.get("certified") == float(Decision.SAFE)
+            self.state, self.val_acc = res.state, res.metrics["val_acc"]
+            if self.certified and self.val_acc > led.best_acc:
+                led.best_acc, led.best_state = self.val_acc, res.state
+        led.curve.append((led.samples, max(led.best_acc, 0.0)))
 
-    def copy_from(self, other: "TrainingRun") -> None:
+    def copy_from(self, other: TrainingRun) -> None:
         """PBT exploit: take over another member's weights and optimizer state."""
-        self.state = other.state
-        self.safe_reached, self.val_acc, self.feasible, self.cost = (
-            other.safe_reached,
-            other.val_acc,
-            other.feasible,
-            other.cost,
-        )
+        self.state, self.val_acc = other.state, other.val_acc
+        self.certified, self.cost = other.certified, other.cost
 
 
-@dataclass
-class Result:
-    method: str
-    seed: int
-    test_acc: float | None
-    test_fgsm: float | None
-    violations: int
-    budget_to_near_best: int | None
-    wall_seconds: float
-    curve: list[tuple[int, float]]
-
-
-def _budget_to_near_best(curve: list[tuple[int, float]]) -> int | None:
+def _near_best(curve: list[tuple[int, float]]) -> int | None:
     final = curve[-1][1] if curve else 0.0
     if final <= 0:
         return None
     return next(s for s, acc in curve if acc >= final - WITHIN)
 
 
-def _test_report(cfg: Config, splits: TaskData, state: TrainState | None) -> dict | None:
+def _report(cfg: Config, data: TaskData, state: TrainState | None, r: Result) -> None:
     if state is None:
-        return None
+        return
     task = make_task(cfg.task)
-    model = build_model(task, cfg.tuner.seed, torch.device("cpu"))
+    model = build_model(task, 0, torch.device("cpu"))
     model.load_state_dict(state.model)
-    model.eval()
-    device = resolve_device(cfg.training.device)
-    return test_report(task, model, splits, cfg.safety, device, seed=cfg.tuner.seed)
+    t = test_report(task, model, data, cfg.safety, resolve_device(cfg.training.device))
+    _fill_test(cfg, t, r)
 
 
-# --------------------------------------------------------------------------- the search space
+def _fill_test(cfg: Config, t: dict[str, float], r: Result) -> None:
+    r.test_acc, r.test_fgsm = t["test_acc"], t.get("fgsm_robust_acc")
+    constraints = parse_constraints(cfg.safety.constraints, available_metrics(make_task(cfg.task)))
+    r.breaks_on_test = spec_cost(constraints, {**t, "val_acc": t["test_acc"]}) > 0
+    r.gate_passed = bool(t["constraints_satisfied"])
 
 
-def grid(cfg: Config) -> tuple[list[float], list[int]]:
-    """The values the shieldtune action space can reach: init * factor**k within bounds."""
-    out = []
-    for spec in cfg.env.search_space:
-        lo_k = math.ceil(math.log(spec.low / spec.init, spec.factor) - 1e-9)
-        hi_k = math.floor(math.log(spec.high / spec.init, spec.factor) + 1e-9)
-        out.append([spec.init * spec.factor**k for k in range(lo_k, hi_k + 1)])
-    lrs, bss = out
-    return lrs, [round(b) for b in bss]
+# --------------------------------------------------------------------------- shieldtune
 
 
-# --------------------------------------------------------------------------- methods
+def shieldtune_method(overrides: list[str]) -> Callable:
+    def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
+        job = _with(cfg, [f"tuner.seed={seed}", f"tuner.output_dir={tmp}", *overrides])
+        start = time.perf_counter()
+        s = run_tuning(job, data=data)
+        r.wall_seconds = time.perf_counter() - start
+        steps = _read_jsonl(Path(s.output_dir) / "steps.jsonl")
+        _fill_from_steps(steps, job.training.segment_samples, r)
+        r.unsafe_segments, r.unsafe_warmup = s.unsafe_segments, s.warmup_steps
+        if s.test_metrics is not None:
+            _fill_test(job, s.test_metrics, r)
+
+    return run
 
 
-def shieldtune_method(overrides: list[str], warm: bool = False, one_run: bool = False) -> Callable:
-    def run(cfg: Config, splits: TaskData, seed: int, tmp: Path) -> Result:
-        base = [
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fill_from_steps(steps: list[dict], segment: int, r: Result) -> None:
+    best, spent = 0.0, 0
+    for rec in steps:
+        spent += segment
+        if rec["accepted"] and rec.get("verdict", "safe") == "safe" and rec["cost"] <= 0:
+            best = max(best, rec["val_acc"])
+        r.curve.append((spent, best))
+        r.train_seconds += rec["train_seconds"]
+        r.eval_seconds += rec["eval_seconds"]
+    r.samples_to_near_best = _near_best(r.curve)
+
+
+BEFORE_PROBE = r"""
+import json, sys
+from shieldtune.config import load_config
+from shieldtune.control.tuner import run_tuning
+cfg = load_config(None, json.loads(sys.argv[1]))
+s = run_tuning(cfg)
+print(json.dumps(s.to_dict()))
+"""
+
+
+def before_method(ref: str, workdir: Path) -> Callable:
+    """The previous default, from commit ``ref``'s own source tree (subprocess)."""
+    src = workdir / "before" / "src"
+    if not src.exists():
+        archive = workdir / "before.tar"
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", "-o", str(archive), ref, "src"], check=True
+        )
+        with tarfile.open(archive) as tar:
+            tar.extractall(workdir / "before", filter="data")
+
+    def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
+        budget = cfg.env.steps_per_episode * cfg.training.segment_samples
+        overrides = [
+            f"task.entry_point={cfg.task.entry_point}",
+            f"task.kwargs={json.dumps(cfg.task.kwargs)}",
+            f"training.segment_samples={cfg.training.segment_samples}",
+            f"safety.constraints={json.dumps(cfg.safety.constraints)}",
+            f"safety.epsilon={cfg.safety.epsilon}",
+            f"tuner.episodes={max(1, budget // (8 * cfg.training.segment_samples))}",
             f"tuner.seed={seed}",
+            f"tuner.output_dir={tmp}",
             "tracking.enabled=false",
             "tuner.progress=false",
-            f"tuner.output_dir={tmp}",
         ]
-        if warm:  # an earlier tuning run (another seed) supplies the policy: the retuning path
-            prior = run_tuning(_with(cfg, [*base, f"tuner.seed={seed + 1000}", *overrides]), splits)
-            overrides_ = [
-                *overrides,
-                f"tuner.warm_start={prior.output_dir}/agent.pt",
-                "agent.epsilon_start=0.3",
-            ]
-        else:
-            overrides_ = overrides
-        if one_run:  # a single training run spanning the whole budget, like the hand schedules
-            per_run = cfg.tuner.episodes * cfg.env.steps_per_episode
-            overrides_ = [
-                *overrides_,
-                "tuner.episodes=1",
-                f"env.steps_per_episode={per_run}",
-                f"agent.epsilon_decay_steps={per_run}",
-            ]
         start = time.perf_counter()
-        s = run_tuning(_with(cfg, [*base, *overrides_]), splits)
-        wall = time.perf_counter() - start
-        steps = [
-            json.loads(x) for x in (Path(s.output_dir) / "steps.jsonl").read_text().splitlines()
-        ]
-        curve, best, spent = [], 0.0, 0
-        for r in steps:
-            spent += cfg.training.segment_samples
-            if r["accepted"] and r["cost"] <= 0:
-                best = max(best, r["val_acc"])
-            curve.append((spent, best))
-        t = s.test_metrics or {}
-        return Result(
-            "",
-            seed,
-            t.get("test_acc"),
-            t.get("fgsm_robust_acc"),
-            s.violations,
-            _budget_to_near_best(curve),
-            wall,
-            curve,
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        out = subprocess.run(
+            [sys.executable, "-c", BEFORE_PROBE, json.dumps(overrides)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp.parent,
         )
+        r.wall_seconds = time.perf_counter() - start
+        s = json.loads(out.stdout.strip().splitlines()[-1])
+        steps = _read_jsonl(Path(s["output_dir"]) / "steps.jsonl")
+        _fill_from_steps(steps, cfg.training.segment_samples, r)
+        r.unsafe_segments = s["violations"] + s["warmup_steps"]
+        r.unsafe_warmup = s["warmup_steps"]
+        if s["test_metrics"] is not None:
+            t = s["test_metrics"]
+            r.test_acc, r.test_fgsm = t["test_acc"], t["fgsm_robust_acc"]
+            r.breaks_on_test = not t["constraints_satisfied"]  # the old gate was point-based
+            r.gate_passed = bool(t["constraints_satisfied"])
 
     return run
 
 
-def _with(cfg: Config, overrides: list[str]) -> Config:
-    from shieldtune.config import apply_override, config_from_dict
-
-    raw = cfg.to_dict()
-    for o in overrides:
-        apply_override(raw, o)
-    return config_from_dict(raw)
+# --------------------------------------------------------------------------- peers
 
 
-def _baseline(
-    body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, int], None],
-) -> Callable:
-    """Wrap a baseline's search loop with the shared ledger, timing and test report."""
+def _baseline(body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, int], None]):
+    """Wrap a peer's search loop with the shared ledger, timing and test report."""
 
-    def run(cfg: Config, splits: TaskData, seed: int, tmp: Path) -> Result:
-        executor = LocalStepExecutor(StepRunner.from_config(cfg, splits))
-        ledger = Ledger(cfg, _budget(cfg))
+    def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
+        executor = LocalStepExecutor(StepRunner.from_config(cfg, data))
+        ledger = Ledger(cfg, cfg.env.steps_per_episode * cfg.training.segment_samples)
         start = time.perf_counter()
         body(ledger, executor, np.random.default_rng(seed), seed)
-        t = _test_report(cfg, splits, ledger.best_state) or {}
-        wall = time.perf_counter() - start  # includes the test report, as shieldtune's does
-        return Result(
-            "",
-            seed,
-            t.get("test_acc"),
-            t.get("fgsm_robust_acc"),
-            ledger.violations,
-            _budget_to_near_best(ledger.curve),
-            wall,
-            ledger.curve,
-        )
+        _report(cfg, data, ledger.best_state, r)
+        r.wall_seconds = time.perf_counter() - start  # includes the test report, as shieldtune's
+        r.unsafe_segments = ledger.unsafe
+        r.curve = ledger.curve
+        r.samples_to_near_best = _near_best(ledger.curve)
+        r.train_seconds, r.eval_seconds = ledger.train_seconds, ledger.eval_seconds
 
     return run
 
 
-def _budget(cfg: Config) -> int:
-    return cfg.tuner.episodes * cfg.env.steps_per_episode * cfg.training.segment_samples
+def _cosine_lr(lr0: float, t: int, total: int) -> float:
+    return lr0 * 0.5 * (1 + math.cos(math.pi * t / total))
 
 
-def _hand_schedule(lr_at: Callable[[int, int, list[float], float, float], float]) -> Callable:
-    """One long training run over the whole budget with a hand-written lr schedule."""
+def _schedule(kind: str, lr0: float, bs: int, mix: float) -> Callable[[int, int, list], dict]:
+    def at(t: int, total: int, history: list[float]) -> dict[str, float]:
+        lr = _cosine_lr(lr0, t, total) if kind == "cosine" else lr0
+        return {"learning_rate": lr, "batch_size": bs, "adv_mix": mix}
+
+    return at
+
+
+def _one_run(make: Callable[[Config], Callable[[int, int, list], dict]]):
+    """One training run over the whole budget, hyperparameters from ``make(cfg)`` per segment."""
 
     def body(ledger: Ledger, executor: LocalStepExecutor, rng: np.random.Generator, seed: int):
-        lr0 = ledger.cfg.training.learning_rate
-        bs = ledger.cfg.training.batch_size
+        at = make(ledger.cfg)
         run = TrainingRun(ledger, executor, seed)
-        total = ledger.budget // ledger.cfg.training.segment_samples
-        history: list[float] = []
-        lr = lr0
+        total, history = ledger.cfg.env.steps_per_episode, []
         for t in range(total):
-            lr = lr_at(t, total, history, lr, lr0)
-            run.segment(lr, bs)
+            run.segment(at(t, total, history))
             history.append(run.val_acc)
 
     return _baseline(body)
 
 
-def _fixed(t: int, total: int, history: list[float], lr: float, lr0: float) -> float:
-    return lr0
+def _start_values(cfg: Config) -> tuple[float, int, float]:
+    """The values a user starts from: the config's learning rate and batch size, no adv_mix."""
+    space = {s.name: s.init for s in cfg.env.search_space}
+    return space["learning_rate"], int(space["batch_size"]), 0.0
 
 
-def _cosine(t: int, total: int, history: list[float], lr: float, lr0: float) -> float:
-    return lr0 * 0.5 * (1 + math.cos(math.pi * t / total))
-
-
-def _plateau(t: int, total: int, history: list[float], lr: float, lr0: float) -> float:
+def _plateau(cfg: Config) -> Callable[[int, int, list], dict]:
     """ReduceLROnPlateau(mode=max, factor=0.5, patience=2) on validation accuracy."""
-    if len(history) > 2 and max(history[-2:]) <= max(history[:-2]):
-        return lr * 0.5
-    return lr
+    lr0, bs, mix = _start_values(cfg)
+    lr = [lr0]
+
+    def at(t: int, total: int, history: list[float]) -> dict[str, float]:
+        if len(history) > 2 and max(history[-2:]) <= max(history[:-2]):
+            lr[0] *= 0.5
+        return {"learning_rate": lr[0], "batch_size": bs, "adv_mix": mix}
+
+    return at
+
+
+def grid(cfg: Config) -> dict[str, list[float]]:
+    """The static values the shieldtune action space can reach from its initial levels."""
+    out = {}
+    for spec in cfg.env.search_space:
+        if spec.scale == "log":
+            lo_k = math.ceil(math.log(spec.low / spec.init, spec.factor) - 1e-9)
+            hi_k = math.floor(math.log(spec.high / spec.init, spec.factor) + 1e-9)
+            values = [spec.init * spec.factor**k for k in range(lo_k, hi_k + 1)]
+        else:
+            n = round((spec.high - spec.low) / spec.factor)
+            values = [spec.low + spec.factor * k for k in range(n + 1)]
+        out[spec.name] = [round(v) if spec.integer else v for v in values]
+    return out
 
 
 def _trials(
     ledger: Ledger,
     executor: LocalStepExecutor,
     seed: int,
-    propose: Callable[[int], tuple[float, int]],
+    segments: int,
+    propose: Callable[[int], dict],
     report: Callable[[int, float, float], None] | None = None,
 ) -> None:
-    """Sequential trials, each one training run of steps_per_episode constant segments."""
+    """Sequential trials, each one training run of ``segments`` segments with a static
+    configuration (lr, batch size, adv_mix, constant or cosine learning rate)."""
     trial = 0
-    steps = ledger.cfg.env.steps_per_episode
     while not ledger.exhausted:
-        lr, bs = propose(trial)
+        p = propose(trial)
         run = TrainingRun(ledger, executor, seed * 100 + trial)
+        at = _schedule(p["schedule"], p["learning_rate"], p["batch_size"], p["adv_mix"])
         best_acc, best_cost = 0.0, math.inf
-        for _ in range(steps):
+        for t in range(segments):
             if ledger.exhausted:
                 break
-            run.segment(lr, bs)
-            if run.feasible and run.val_acc > best_acc:
-                best_acc = run.val_acc
+            run.segment(at(t, segments, []))
+            if run.certified:
+                best_acc = max(best_acc, run.val_acc)
             best_cost = min(best_cost, run.cost)
         if report:
             report(trial, best_acc, best_cost)
         trial += 1
 
 
-def _random_search(ledger, executor, rng, seed):
-    lrs, bss = grid(ledger.cfg)
-    _trials(ledger, executor, seed, lambda _t: (float(rng.choice(lrs)), int(rng.choice(bss))))
+def _random_search(segments: int):
+    def body(ledger, executor, rng, seed):
+        g = grid(ledger.cfg)
+
+        def propose(_t: int) -> dict:
+            return {
+                "learning_rate": float(rng.choice(g["learning_rate"])),
+                "batch_size": int(rng.choice(g["batch_size"])),
+                "adv_mix": float(rng.choice(g["adv_mix"])),
+                "schedule": str(rng.choice(["constant", "cosine"])),
+            }
+
+        _trials(ledger, executor, seed, segments, propose)
+
+    return _baseline(body)
 
 
-def _optuna_tpe(ledger, executor, rng, seed):
-    import optuna
+def _optuna_tpe(segments: int):
+    def body(ledger, executor, rng, seed):
+        import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    lrs, bss = grid(ledger.cfg)
-    # Optuna 5's constraint API: Trial.set_constraint (constraints_func is deprecated);
-    # TPE then models feasibility and ranks infeasible trials below feasible ones.
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    pending: dict[int, Any] = {}
-
-    def propose(t: int) -> tuple[float, int]:
-        trial = study.ask()
-        pending[t] = trial
-        return (
-            trial.suggest_categorical("learning_rate", lrs),
-            trial.suggest_categorical("batch_size", bss),
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        g = grid(ledger.cfg)
+        # Optuna's documented defaults, plus its constraint API (Trial.set_constraint): TPE
+        # then models feasibility and ranks infeasible trials below feasible ones.
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
         )
+        pending: dict[int, Any] = {}
 
-    def report(t: int, best_acc: float, best_cost: float) -> None:
-        trial = pending.pop(t)
-        trial.set_constraint("spec_cost", float(best_cost))  # <= 0 means feasible
-        study.tell(trial, best_acc)
+        def propose(t: int) -> dict:
+            trial = study.ask()
+            pending[t] = trial
+            return {
+                "learning_rate": trial.suggest_categorical("learning_rate", g["learning_rate"]),
+                "batch_size": trial.suggest_categorical("batch_size", g["batch_size"]),
+                "adv_mix": trial.suggest_categorical("adv_mix", g["adv_mix"]),
+                "schedule": trial.suggest_categorical("schedule", ["constant", "cosine"]),
+            }
 
-    _trials(ledger, executor, seed, propose, report)
+        def report(t: int, best_acc: float, best_cost: float) -> None:
+            trial = pending.pop(t)
+            trial.set_constraint("spec_cost", float(best_cost))  # <= 0 means feasible
+            study.tell(trial, best_acc)
 
+        _trials(ledger, executor, seed, segments, propose, report)
 
-def _pbt(ledger, executor, rng, seed, population: int = 4, ready: int = 2):
-    """Population Based Training (Jaderberg et al. 2017): truncation selection, perturb."""
-    lrs, bss = grid(ledger.cfg)
-    members = [TrainingRun(ledger, executor, seed * 100 + i) for i in range(population)]
-    hps = [(float(rng.choice(lrs)), int(rng.choice(bss))) for _ in members]
-    t = 0
-    while not ledger.exhausted:
-        for i, m in enumerate(members):
-            if ledger.exhausted:
-                break
-            m.segment(*hps[i])
-        t += 1
-        if t % ready:
-            continue
-        # rank: feasible first, then validation accuracy
-        order = sorted(range(population), key=lambda i: (members[i].feasible, members[i].val_acc))
-        cut = max(1, population // 4)
-        for loser, winner in zip(order[:cut], order[-cut:], strict=True):
-            members[loser].copy_from(members[winner])  # exploit
-            lr, bs = hps[winner]
-            lr = float(np.clip(lr * rng.choice([0.8, 1.2]), min(lrs), max(lrs)))  # explore
-            bs = int(np.clip(bs * rng.choice([0.5, 1, 2]), min(bss), max(bss)))
-            hps[loser] = (lr, bs)
+    return _baseline(body)
 
 
-def methods() -> dict[str, Callable]:
-    return {
-        "shieldtune (shield, cold start)": shieldtune_method([]),
-        "shieldtune (shield, warm start)": shieldtune_method([], warm=True),
-        "shieldtune (shield, one run = whole budget)": shieldtune_method([], one_run=True),
-        "shieldtune without shield": shieldtune_method(
+def _pbt(population: int = 4, ready: int = 2):
+    """Population Based Training: truncation selection every ``ready`` rounds."""
+
+    def body(ledger, executor, rng, seed):
+        g = grid(ledger.cfg)
+        members = [TrainingRun(ledger, executor, seed * 100 + i) for i in range(population)]
+        hps = [
+            {
+                "learning_rate": float(rng.choice(g["learning_rate"])),
+                "batch_size": int(rng.choice(g["batch_size"])),
+                "adv_mix": float(rng.choice(g["adv_mix"])),
+            }
+            for _ in members
+        ]
+        t = 0
+        while not ledger.exhausted:
+            for i, m in enumerate(members):
+                if ledger.exhausted:
+                    break
+                m.segment(hps[i])
+            t += 1
+            if t % ready:
+                continue
+            order = sorted(
+                range(population), key=lambda i: (members[i].certified, members[i].val_acc)
+            )
+            cut = max(1, population // 4)
+            for loser, winner in zip(order[:cut], order[-cut:], strict=True):
+                members[loser].copy_from(members[winner])  # exploit
+                hp = dict(hps[winner])  # explore
+                hp["learning_rate"] = float(
+                    np.clip(
+                        hp["learning_rate"] * rng.choice([0.8, 1.2]),
+                        min(g["learning_rate"]),
+                        max(g["learning_rate"]),
+                    )
+                )
+                hp["batch_size"] = int(
+                    np.clip(
+                        hp["batch_size"] * rng.choice([0.5, 1, 2]),
+                        min(g["batch_size"]),
+                        max(g["batch_size"]),
+                    )
+                )
+                hp["adv_mix"] = float(
+                    np.clip(
+                        hp["adv_mix"] + rng.choice([-0.125, 0.0, 0.125]), 0.0, max(g["adv_mix"])
+                    )
+                )
+                hps[loser] = hp
+
+    return _baseline(body)
+
+
+ORACLE_LRS = (0.0125, 0.025, 0.05, 0.1)
+ORACLE_MIX = (0.0, 0.25, 0.5)
+
+
+def pick_oracle(cfg: Config, data: TaskData, seed: int) -> tuple[float, float]:
+    """The grid's best fixed cosine schedule, judged on validation on a separate seed."""
+    best, choice = -1.0, (ORACLE_LRS[0], 0.0)
+    for lr in ORACLE_LRS:
+        for mix in ORACLE_MIX:
+            r = Result("oracle-grid", "", seed)
+            bs = _start_values(cfg)[1]
+            _one_run(lambda _c, lr=lr, mix=mix, bs=bs: _schedule("cosine", lr, bs, mix))(
+                cfg, data, seed, Path(), r
+            )
+            final = r.curve[-1][1] if r.curve else 0.0
+            if final > best:
+                best, choice = final, (lr, mix)
+    return choice
+
+
+def methods(workdir: Path, before: str | None) -> dict[str, Callable]:
+    out: dict[str, Callable] = {
+        "shieldtune (default: whole run, pre-trained policy)": shieldtune_method([]),
+        "shieldtune cold (no pre-trained policy)": shieldtune_method(["tuner.warm_start=null"]),
+        "shieldtune without the shield": shieldtune_method(
             ["shield.enabled=false", "shield.rollback=false"]
         ),
-        "shieldtune reward penalty (λ=2)": shieldtune_method(
-            ["shield.enabled=false", "shield.rollback=false", "shield.cost_penalty=2.0"]
+        "cosine annealing (user's start values)": _one_run(
+            lambda cfg: _schedule("cosine", *_start_values(cfg))
         ),
-        "fixed schedule (lr 0.05, bs 64)": _hand_schedule(_fixed),
-        "cosine annealing": _hand_schedule(_cosine),
-        "ReduceLROnPlateau": _hand_schedule(_plateau),
-        "random search": _baseline(_random_search),
-        "Optuna TPE (constrained)": _baseline(_optuna_tpe),
-        "PBT (Jaderberg et al.)": _baseline(_pbt),
+        "ReduceLROnPlateau (user's start values)": _one_run(_plateau),
+        "random search (static + schedule)": _random_search(8),
+        "Optuna TPE, constrained (static + schedule)": _optuna_tpe(8),
+        "PBT (Jaderberg et al. 2017)": _pbt(),
     }
+    if before:
+        out[f"shieldtune before the safety work ({before})"] = before_method(before, workdir)
+    return out
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(values: list[float | None], digits: int = 4, scale: float = 1.0) -> str:
-    vals = [v * scale for v in values if v is not None]
+def _fmt(values: list[float | None], digits: int = 4) -> str:
+    vals = [v for v in values if v is not None]
     if not vals:
-        return "n/a"
+        return "none"
+    text = f"{statistics.median(vals):.{digits}f} [{min(vals):.{digits}f}, {max(vals):.{digits}f}]"
     miss = len(values) - len(vals)
-    med = statistics.median(vals)
-    text = f"{med:.{digits}f} [{min(vals):.{digits}f}, {max(vals):.{digits}f}]"
     return text + (f" ({miss} none)" if miss else "")
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| method | best feasible test acc | its FGSM robust acc (test) | violations | "
-        "samples to within 0.5 pp of final best | wall s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | test acc (chosen, certified) | its test FGSM | found | chosen breaks spec "
+        "on test | unsafe segments (warm-up) | samples to within 0.5 pp | eval share | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r.method for r in results):
         rs = [r for r in results if r.method == name]
+        found = sum(r.test_acc is not None for r in rs)
+        chosen = [r for r in rs if r.breaks_on_test is not None]
+        breaks = f"{sum(r.breaks_on_test for r in chosen)}/{len(chosen)}" if chosen else "-"
+        share = [
+            r.eval_seconds / (r.train_seconds + r.eval_seconds)
+            for r in rs
+            if r.train_seconds + r.eval_seconds > 0
+        ]
+        unsafe = statistics.median([r.unsafe_segments for r in rs])
+        warm = statistics.median([r.unsafe_warmup for r in rs])
+        share = statistics.median(share) if share else float("nan")
         lines.append(
             f"| {name} | {_fmt([r.test_acc for r in rs])} | {_fmt([r.test_fgsm for r in rs])} | "
-            f"{_fmt([float(r.violations) for r in rs], 0)} | "
-            f"{_fmt([r.budget_to_near_best for r in rs], 0)} | "
-            f"{_fmt([r.wall_seconds for r in rs], 0)} |"
+            f"{found}/{len(rs)} | {breaks} | {unsafe:g} ({warm:g}) | "
+            f"{_fmt([r.samples_to_near_best for r in rs], 0)} | {share:.2f} | "
+            f"{statistics.median([r.wall_seconds for r in rs]):.0f} |"
         )
     return "\n".join(lines)
 
 
-def machine_header(command: str) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"date {time.strftime('%Y-%m-%d')}; {cpu}; {os.cpu_count()} cores; torch "
-        f"{torch.__version__} with {torch.get_num_threads()} threads\ncommand: {command}\n"
-    )
-
-
-def plot(results: list[Result], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for i, name in enumerate(dict.fromkeys(r.method for r in results)):
-        rs = [r for r in results if r.method == name]
-        xs = sorted({s for r in rs for s, _ in r.curve})
-        med = [statistics.median(_at(r.curve, x) for r in rs) for x in xs]
-        style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
-        ax.plot(xs, med, label=name, linewidth=1.4, linestyle=style)
-    ax.set_xlabel("training samples spent")
-    ax.set_ylabel("best feasible validation accuracy (median over seeds)")
-    ax.set_ylim(0.9, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _at(curve: list[tuple[int, float]], x: int) -> float:
-    best = 0.0
-    for s, acc in curve:
-        if s > x:
-            break
-        best = acc
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 3 episodes of budget")
-    ap.add_argument("--seeds", type=int, help="number of seeds (default: 2 quick, 3 full)")
-    ap.add_argument("--episodes", type=int, help="budget in episodes of 8 segments (default 3/6)")
+    ap.add_argument("--scenario", action="append", choices=list(SCENARIOS))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="1 seed, the two bc scenarios")
     ap.add_argument("--only", action="append", help="run only methods containing this text")
-    ap.add_argument("--out", type=Path, help="folder for results.json and budget.png")
+    ap.add_argument("--before", default="4c30d60", help="git ref of the previous version")
+    ap.add_argument("--no-oracle", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="folder for results.json (appended per run)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    ap.add_argument(
-        "--replot",
-        type=Path,
-        metavar="RESULTS_JSON",
-        help="re-render the table and PNG from a saved results.json, run nothing",
-    )
     args = ap.parse_args()
-    if args.replot:
-        saved = [
-            Result(**{**r, "curve": [tuple(p) for p in r["curve"]]})
-            for r in json.loads(args.replot.read_text())
-        ]
-        print(table(saved))
-        plot(saved, args.replot.with_name("budget.png"))
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seeds = args.seeds or (2 if args.quick else 3)
-    episodes = args.episodes or (3 if args.quick else 6)
-    cfg = load_config(None, [f"tuner.episodes={episodes}", *args.overrides])
-    splits = load_task_data(make_task(cfg.task), cfg.data)
-    chosen = {
-        k: v
-        for k, v in methods().items()
-        if not args.only or any(o.lower() in k.lower() for o in args.only)
-    }
-    print(
-        f"budget: {_budget(cfg)} training samples per method and seed "
-        f"({episodes} x {cfg.env.steps_per_episode} segments x {cfg.training.segment_samples}); "
-        f"spec: {', '.join(cfg.safety.constraints)}; seeds: {list(range(seeds))}",
-        file=sys.stderr,
-    )
+    torch.set_num_threads(args.threads)
+    scenarios = args.scenario or (["bc-loose", "bc-binding"] if args.quick else list(SCENARIOS))
+    seeds = 1 if args.quick else args.seeds
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, method in chosen.items():
-            for seed in range(seeds):
-                t0 = time.perf_counter()
-                r = method(cfg, splits, seed, Path(tmp) / f"{len(results)}")
-                r.method = name
-                results.append(r)
-                print(
-                    f"  {name} seed {seed}: test acc {r.test_acc}, violations {r.violations}, "
-                    f"{time.perf_counter() - t0:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    print(machine_header(" ".join(sys.argv)))
-    print(table(results))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1))
-        plot(results, args.out / "budget.png")
-        print(f"\nwrote {args.out / 'results.json'} and {args.out / 'budget.png'}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="shieldtune-compare-") as tmp:
+        work = Path(tmp)
+        chosen = {
+            k: v
+            for k, v in methods(work, args.before).items()
+            if not args.only or any(o.lower() in k.lower() for o in args.only)
+        }
+        for name in scenarios:
+            cfg = scenario_config(SCENARIOS[name], args.overrides)
+            data = load_task_data(make_task(cfg.task), cfg.data)
+            plan = dict(chosen)
+            if not args.no_oracle:
+                lr, mix = pick_oracle(cfg, data, seed=1000)
+                bs = _start_values(cfg)[1]
+                plan[f"oracle: best fixed cosine (lr {lr}, adv_mix {mix}; not charged)"] = _one_run(
+                    lambda _c, lr=lr, mix=mix, bs=bs: _schedule("cosine", lr, bs, mix)
+                )
+            print(
+                f"{name}: {', '.join(cfg.safety.constraints)}, eps {cfg.safety.epsilon}, "
+                f"{cfg.env.steps_per_episode * cfg.training.segment_samples} samples",
+                file=sys.stderr,
+                flush=True,
+            )
+            for method, run in plan.items():
+                for seed in range(seeds):
+                    r = Result(method, name, seed)
+                    folder = work / f"{len(results)}"
+                    folder.mkdir()
+                    run(cfg, data, seed, folder / "runs", r)
+                    results.append(r)
+                    print(
+                        f"  {method} seed {seed}: test {r.test_acc} unsafe {r.unsafe_segments} "
+                        f"{r.wall_seconds:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if args.out:
+                        (args.out / "results.json").write_text(
+                            json.dumps([asdict(x) for x in results], indent=1)
+                        )
+    for name in scenarios:
+        rs = [r for r in results if r.scenario == name]
+        if rs:
+            cfg = scenario_config(SCENARIOS[name], args.overrides)
+            print(
+                f"\n### {name}: {', '.join(cfg.safety.constraints)} at eps "
+                f"{cfg.safety.epsilon}, confidence {cfg.safety.confidence:g}, "
+                f"{cfg.env.steps_per_episode * cfg.training.segment_samples} training samples, "
+                f"{seeds} seeds\n"
+            )
+            print(table(rs))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,24 @@ TINY = {
     "task": {"kwargs": {"conv1_channels": 4, "conv2_channels": 8, "hidden": 32}},
     "training": {"segment_samples": 600},
     "safety": {"eval_samples": 100, "mia_samples": 100, "pgd_steps": 3, "pgd_restarts": 1},
-    "env": {"steps_per_episode": 3},
-    "agent": {"learning_starts": 2, "batch_size": 8, "epsilon_decay_steps": 4},
+    # Two tuned dimensions with constant schedules, and an agent that explores and is not
+    # anchored to the baseline: small, fast jobs whose moves are varied (the default
+    # whole-run mode is tested where it matters, with its own settings).
+    "env": {
+        "steps_per_episode": 3,
+        "search_space": [
+            {"name": "learning_rate", "init": 0.05, "low": 0.003, "high": 0.8},
+            {"name": "batch_size", "init": 64, "low": 16, "high": 512, "integer": True},
+        ],
+    },
+    "agent": {
+        "learning_starts": 2,
+        "batch_size": 8,
+        "epsilon_start": 1.0,
+        "epsilon_end": 0.05,
+        "epsilon_decay_steps": 4,
+        "baseline_margin": None,
+    },
     "shield": {"critic_min_samples": 2},
     "tuner": {"episodes": 2, "progress": False},
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,3 +136,19 @@ def test_state_dict_round_trip_restores_q_values_and_counters():
     obs = np.ones(4, dtype=np.float32)
     np.testing.assert_allclose(a.q_values(obs), b.q_values(obs))
     assert b.steps == 17
+
+
+def test_greedy_choice_keeps_the_baseline_unless_another_action_is_better_by_the_margin():
+    from shieldtune.config import AgentConfig
+
+    agent = DQNAgent(2, 3, AgentConfig(baseline_margin=0.5, epsilon_start=0.0, epsilon_end=0.0))
+    with torch.no_grad():
+        for p in agent.q.parameters():
+            p.zero_()
+        agent.q[-1].bias.copy_(torch.tensor([0.0, 0.3, 0.2]))
+    obs, allowed = np.zeros(2, dtype=np.float32), np.ones(3, dtype=bool)
+    assert agent.choose_action(obs, allowed, baseline=2) == 2  # 0.3 - 0.2 < 0.5
+    with torch.no_grad():
+        agent.q[-1].bias.copy_(torch.tensor([0.0, 0.9, 0.2]))
+    assert agent.choose_action(obs, allowed, baseline=2) == 1  # confident: 0.9 - 0.2 >= 0.5
+    assert agent.choose_action(obs, np.array([True, True, False]), baseline=2) == 1

@@ -99,3 +99,20 @@ def test_tampered_checkpoint_is_refused_with_one_line(tmp_path):
     result = run_cli("evaluate", "--checkpoint", str(bad), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "corrupted or not a safe weights-only file" in result.stderr
+
+
+def test_pretrain_runs_proxy_jobs_and_writes_a_policy_a_job_can_start_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "proxy.yaml"
+    config.write_text("tracking: {enabled: false}\n")
+    policy = tmp_path / "policy.pt"
+    argv = ["pretrain", "--config", str(config), "--runs", "2", "--out", str(policy)]
+    assert main([*argv, *sets(), "--thresholds", "0.1", "0.5"]) == 0
+    record = json.loads(policy.with_suffix(".json").read_text())
+    assert len(record["runs"]) == 2 and {r["threshold"] for r in record["runs"]} <= {0.1, 0.5}
+    out = run_cli(
+        "tune", *sets("tracking.enabled=false", f"tuner.warm_start={policy}"), cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-1000:]
+    summary = json.loads(next(tmp_path.glob("shieldtune-runs/*/summary.json")).read_text())
+    assert summary["warm_start"] == f"warm start from {policy}"

@@ -12,10 +12,13 @@ from shieldtune.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_are_valid_and_tune_learning_rate_and_batch_size():
+def test_defaults_are_one_whole_budget_run_over_a_cosine_baseline_with_an_adv_mix_ramp():
     cfg = config_from_dict({})
     assert isinstance(cfg, Config)
-    assert [hp.name for hp in cfg.env.search_space] == ["learning_rate", "batch_size"]
+    space = {hp.name: hp for hp in cfg.env.search_space}
+    assert list(space) == ["learning_rate", "batch_size", "adv_mix"]
+    assert space["learning_rate"].schedule == "cosine" and space["adv_mix"].ramp == "up"
+    assert cfg.tuner.episodes == 1 and cfg.env.steps_per_episode == 48
 
 
 def test_example_config_file_loads_and_matches_defaults_where_documented():
@@ -110,6 +113,6 @@ def test_missing_and_malformed_config_files_give_clear_errors(tmp_path):
 
 def test_flatten_gives_one_string_param_per_key_for_mlflow():
     flat = flatten(config_from_dict({}))
-    assert flat["tuner.episodes"] == "6"
+    assert flat["tuner.episodes"] == "1"
     assert flat["env.search_space"].startswith("[")
     assert all(isinstance(v, str) for v in flat.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -197,3 +199,59 @@ def test_invalid_action_is_rejected():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="not in"):
         env.step(99)
+
+
+def test_keeping_every_level_follows_a_cosine_schedule_over_the_budget():
+    env, ex = scripted_env(
+        [metrics(0.1)] + [metrics(0.9)] * 4,
+        env={
+            "steps_per_episode": 4,
+            "search_space": [
+                {
+                    "name": "learning_rate",
+                    "init": 0.08,
+                    "low": 0.001,
+                    "high": 0.8,
+                    "schedule": "cosine",
+                },
+            ],
+        },
+    )
+    env.reset(seed=0)
+    for _ in range(4):
+        env.step(env.space.keep_action)
+    lrs = [r.hyperparameters["learning_rate"] for r in ex.requests[1:]]
+    expected = [0.08 * 0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert lrs == pytest.approx(expected)
+    assert env.hyperparameters["learning_rate"] == 0.08  # the level the actions move
+
+
+def test_the_baseline_ramps_the_safety_lever_while_unsafe_and_keeps_once_certified():
+    from shieldtune.config import HyperparameterSpec
+    from shieldtune.control.search_space import SearchSpace
+
+    space = SearchSpace(
+        [
+            HyperparameterSpec("learning_rate", 0.05, 0.003, 0.8, schedule="cosine"),
+            HyperparameterSpec("adv_mix", 0.0, 0.0, 0.5, "linear", 0.125, ramp="up"),
+        ]
+    )
+    values = {"learning_rate": 0.05, "adv_mix": 0.25}
+    assert space.moves(space.baseline_action(values, safe=False)).tolist() == [0, 1]
+    assert space.baseline_action(values, safe=True) == space.keep_action
+    at_top = {"learning_rate": 0.05, "adv_mix": 0.5}
+    assert space.baseline_action(at_top, safe=False) == space.keep_action
+
+
+def test_a_collapsing_segment_is_rolled_back_even_before_the_first_safe_state():
+    env, ex = scripted_env(
+        [metrics(0.1, fgsm=0.0), metrics(0.8, fgsm=0.2), metrics(0.1, fgsm=0.1), metrics(0.85)]
+    )
+    env.reset(seed=0)
+    env.step(env.space.keep_action)  # warm-up, accepted
+    good = env.state
+    _, reward, _, _, info = env.step(env.space.keep_action)  # 0.8 -> 0.1: a collapse
+    assert info["collapsed"] and not info["accepted"] and info["warmup"]
+    assert reward < -0.5 and env.state is good
+    env.step(env.space.keep_action)
+    assert ex.requests[-1].state is good

@@ -556,7 +556,9 @@ def test_tuning_job_logs_and_prints_no_credential_from_its_environment(
     ]
     problems += [str(f) for where, text in tracked for f in credential_findings(text, where)]
     assert problems == []
-    assert "best feasible" in printed.out  # the captured output is the job's real output
+    assert (
+        "best certified-safe state" in printed.out
+    )  # the captured output is the job's real output
 
 
 # ============================================================ the scanners catch things

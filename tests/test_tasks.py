@@ -152,6 +152,7 @@ def test_a_task_that_is_not_attackable_tunes_on_token_ids(tmp_path):
             task={"entry_point": "tests.task_plugins:tokens", "kwargs": {}},
             safety={"constraints": ["mia_advantage <= 0.5"]},
             training={"segment_samples": 200},
+            env={"steps_per_episode": 3, "search_space": [{"name": "learning_rate"}]},
             tracking={"enabled": False},
             tuner={"episodes": 1, "output_dir": str(tmp_path)},
         )

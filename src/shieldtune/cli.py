@@ -79,6 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(check)
 
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train the controller (Q-network + safety critic) on proxy tuning jobs",
+        description="Runs --runs short tuning jobs in turn over the given configs, each "
+        "warm-started from the previous one's policy, with an fgsm_robust_acc threshold drawn "
+        "from --thresholds, and writes the final policy (load it with tuner.warm_start=FILE).",
+    )
+    pre.add_argument("--config", dest="configs", action="append", required=True, metavar="FILE")
+    pre.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key in every config",
+    )
+    pre.add_argument("--runs", type=int, default=24, help="proxy jobs to run (default 24)")
+    pre.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.4, 0.5, 0.6, 0.7, 0.8],
+        help="fgsm_robust_acc thresholds to draw from",
+    )
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", required=True, metavar="FILE", help="where to write the policy")
+
     task_check = sub.add_parser(
         "task-check",
         help="check a task (built-in or your plug-in) against the task contract",
@@ -292,6 +319,24 @@ def _cmd_task_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from shieldtune.config import load_config
+    from shieldtune.control.pretrain import pretrain
+
+    if not 1 <= args.runs <= 10_000:
+        raise ConfigError(f"--runs {args.runs} is out of range; allowed: [1, 10000]")
+    if any(not 0.0 <= t <= 1.0 for t in args.thresholds):
+        raise ConfigError("--thresholds must lie in [0, 1] (robust accuracies)")
+    configs = [load_config(path, args.overrides) for path in args.configs]
+    record = pretrain(configs, args.thresholds, args.runs, Path(args.out), seed=args.seed)
+    found = sum(r["found"] for r in record["runs"])
+    print(
+        f"policy written to {args.out} ({args.runs} proxy runs over {', '.join(record['tasks'])}; "
+        f"{found} found a certified-safe model; {record['seconds']:.0f} s)"
+    )
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from shieldtune.pipeline.cli import cmd_pipeline
 
@@ -304,6 +349,7 @@ COMMANDS = {
     "step": _cmd_step,
     "env-check": _cmd_env_check,
     "task-check": _cmd_task_check,
+    "pretrain": _cmd_pretrain,
     "pipeline": _cmd_pipeline,
 }
 

@@ -67,6 +67,15 @@ class HyperparameterSpec:
     scale: str = field(default="log", metadata=_choices("log", "linear"))
     factor: float = field(default=2.0, metadata=_range(1e-9, None))
     integer: bool = False
+    #: ``constant``: a segment trains at the level the actions set. ``cosine``: at that level
+    #: times a cosine decay over the episode's budget (to ``schedule_floor`` of it at the
+    #: end), so "keep" everywhere is cosine annealing and the actions deviate from it.
+    schedule: str = field(default="constant", metadata=_choices("constant", "cosine"))
+    schedule_floor: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    #: The baseline's move for this dimension while the run's state is not certified safe:
+    #: ``up`` for a safety lever such as ``adv_mix`` (a ramp), ``down``, or ``none`` (keep).
+    #: The controller follows this baseline unless it is confident another move is better.
+    ramp: str = field(default="none", metadata=_choices("none", "up", "down"))
 
 
 @dataclass
@@ -158,11 +167,14 @@ class SafetyConfig:
 
 @dataclass
 class EnvConfig:
-    steps_per_episode: int = field(default=8, metadata=_range(1, 10000))
+    #: Segments per episode. The default spends the whole budget in one training run (one
+    #: episode), as a hand schedule does; the controller steers it.
+    steps_per_episode: int = field(default=48, metadata=_range(1, 10000))
     search_space: list[HyperparameterSpec] = field(
         default_factory=lambda: [
-            HyperparameterSpec("learning_rate", 0.05, 0.003, 0.8, "log", 2.0, False),
+            HyperparameterSpec("learning_rate", 0.05, 0.003, 0.8, "log", 2.0, False, "cosine"),
             HyperparameterSpec("batch_size", 64.0, 16.0, 512.0, "log", 2.0, True),
+            HyperparameterSpec("adv_mix", 0.0, 0.0, 0.5, "linear", 0.125, False, ramp="up"),
         ]
     )
 
@@ -177,7 +189,7 @@ class ShieldConfig:
     critic_hidden: int = field(default=64, metadata=_range(1, 4096))
     critic_lr: float = field(default=1e-3, metadata=_range(1e-8, 1.0))
     #: Observed costs needed before the critic is trusted to mask anything.
-    critic_min_samples: int = field(default=6, metadata=_range(1, 1_000_000))
+    critic_min_samples: int = field(default=4, metadata=_range(1, 1_000_000))
     critic_batch_size: int = field(default=32, metadata=_range(1, 65536))
     critic_updates_per_step: int = field(default=8, metadata=_range(0, 1000))
     #: Reward penalty per unit of cost (the Lagrangian-style alternative to masking).
@@ -190,6 +202,10 @@ class ShieldConfig:
     warmup_shield: bool = True
     #: Cost recorded for a diverged segment (NaN/inf loss).
     divergence_cost: float = field(default=1.0, metadata=_range(0.0, 1e6))
+    #: A segment whose validation accuracy falls this far below the accepted state's is a
+    #: collapse (e.g. a learning rate that kills the network): rolled back even before the
+    #: episode was first safe, since nothing would recover from it; null: never.
+    collapse_drop: float | None = field(default=0.2, metadata=_range(0.0, 1.0))
 
 
 @dataclass
@@ -199,24 +215,31 @@ class AgentConfig:
     gamma: float = field(default=0.9, metadata=_range(0.0, 1.0))
     buffer_size: int = field(default=10000, metadata=_range(1, 10_000_000))
     batch_size: int = field(default=32, metadata=_range(1, 65536))
-    learning_starts: int = field(default=8, metadata=_range(0, 10_000_000))
+    learning_starts: int = field(default=4, metadata=_range(0, 10_000_000))
     gradient_steps: int = field(default=4, metadata=_range(0, 1000))
     #: Polyak factor for the target network; 1.0 copies it every ``target_update_interval``.
     tau: float = field(default=1.0, metadata=_range(1e-6, 1.0))
     target_update_interval: int = field(default=10, metadata=_range(1, 10_000_000))
-    epsilon_start: float = field(default=1.0, metadata=_range(0.0, 1.0))
-    epsilon_end: float = field(default=0.05, metadata=_range(0.0, 1.0))
-    epsilon_decay_steps: int = field(default=30, metadata=_range(1, 10_000_000))
+    epsilon_start: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    epsilon_end: float = field(default=0.02, metadata=_range(0.0, 1.0))
+    epsilon_decay_steps: int = field(default=48, metadata=_range(1, 10_000_000))
     huber_delta: float = field(default=1.0, metadata=_range(1e-6, 1e6))
     max_grad_norm: float = field(default=10.0, metadata=_range(1e-6, 1e6))
     double_dqn: bool = True
     #: Rewards (accuracy gains, fractions) are multiplied by this before learning.
     reward_scale: float = field(default=10.0, metadata=_range(1e-6, 1e6))
+    #: Safe improvement over a baseline: the greedy choice leaves "keep" (the baseline
+    #: schedule) only when its Q-value beats keep's by at least this much; null: plain argmax.
+    baseline_margin: float | None = field(default=0.5, metadata=_range(0.0, 1e6))
+    #: Exploration rate while the episode has not yet been safe (when above the decayed
+    #: epsilon): trying moves is how the safety critic learns which of them lower the cost.
+    epsilon_unsafe: float = field(default=0.0, metadata=_range(0.0, 1.0))
 
 
 @dataclass
 class TunerConfig:
-    episodes: int = field(default=6, metadata=_range(1, 100000))
+    #: Training runs; the default is one run over the whole budget (see env.steps_per_episode).
+    episodes: int = field(default=1, metadata=_range(1, 100000))
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     #: Stop early once a feasible model reaches this validation accuracy.
     target_val_acc: float | None = field(default=None, metadata=_range(0.0, 1.0))
@@ -226,7 +249,8 @@ class TunerConfig:
     #: Evaluate the best checkpoint on the test split at the end (and register it). The
     #: pipeline turns this off: its evaluate_safety stage owns the test report.
     test_report: bool = True
-    #: A policy file (``agent.pt``) to warm-start the controller from.
+    #: A policy file to start the controller from: ``agent.pt`` of an earlier run (the
+    #: retuning path) or one ``shieldtune pretrain`` wrote; null: cold.
     warm_start: str | None = None
     #: Who trains each step: ``local`` (this process), ``process`` (a pool of ``num_envs``
     #: worker processes here) or ``kubernetes`` (one Job per step; see the ``kubernetes`` keys).

@@ -24,8 +24,17 @@ def masked_argmax(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class DQNAgent:
-    def __init__(self, obs_dim: int, n_actions: int, cfg: AgentConfig, seed: int = 0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        cfg: AgentConfig,
+        seed: int = 0,
+        baseline_action: int | None = None,
+    ) -> None:
         self.cfg = cfg
+        #: The action that follows the baseline schedule ("keep"), for ``baseline_margin``.
+        self.baseline_action = baseline_action
         self.obs_dim, self.n_actions = obs_dim, n_actions
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -48,15 +57,35 @@ class DQNAgent:
         with torch.no_grad():
             return self.q(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
-    def choose_action(self, obs: np.ndarray, allowed: np.ndarray, greedy: bool = False) -> int:
-        """Epsilon-greedy restricted to ``allowed`` (a boolean mask with at least one True)."""
+    def choose_action(
+        self,
+        obs: np.ndarray,
+        allowed: np.ndarray,
+        greedy: bool = False,
+        epsilon: float | None = None,
+        baseline: int | None = None,
+    ) -> int:
+        """Epsilon-greedy restricted to ``allowed`` (a boolean mask with at least one True).
+
+        ``epsilon`` overrides the decayed rate for this choice. With ``baseline_margin`` the
+        greedy branch takes the baseline action (``baseline``, else the one given at
+        construction) unless another allowed action's Q-value is higher by the margin (safe
+        policy improvement over the baseline schedule).
+        """
         allowed = np.asarray(allowed, dtype=bool)
         if not allowed.any():
             raise ValueError("the action mask allows no action; the shield must leave one")
-        if not greedy and self.rng.random() < self.epsilon:
+        rate = self.epsilon if epsilon is None else epsilon
+        if not greedy and self.rng.random() < rate:
             return int(self.rng.choice(np.flatnonzero(allowed)))
         q = torch.as_tensor(self.q_values(obs))
-        return int(masked_argmax(q, torch.as_tensor(allowed)))
+        best = int(masked_argmax(q, torch.as_tensor(allowed)))
+        base = self.baseline_action if baseline is None else baseline
+        margin = self.cfg.baseline_margin
+        anchored = margin is not None and base is not None and bool(allowed[base])
+        if anchored and float(q[best] - q[base]) < margin:
+            return base
+        return best
 
     def remember(
         self,

@@ -121,7 +121,10 @@ class HyperparamEnv(gym.Env):
         return self.cfg.env.steps_per_episode * self.cfg.training.segment_samples
 
     def full_hyperparameters(self, tuned: dict[str, float]) -> dict[str, float]:
-        return {**self._fixed, **tuned}
+        """Every hyperparameter of the segment at step ``t``: fixed ones, and the tuned levels
+        with their schedules applied at this point of the episode's budget."""
+        progress = max(self.t - 1, 0) / self.cfg.env.steps_per_episode
+        return {**self._fixed, **self.space.scheduled(tuned, progress)}
 
     def action_mask(self) -> np.ndarray:
         return self.space.valid_mask(self.hyperparameters)
@@ -220,7 +223,15 @@ class HyperparamEnv(gym.Env):
         unsafe = cost > 0
         warmup = unsafe and not self.safe_reached and not result.diverged
         violation = unsafe and not warmup
-        accepted = not result.diverged and not (violation and self.cfg.shield.rollback)
+        drop = self.cfg.shield.collapse_drop
+        collapsed = (
+            not result.diverged and drop is not None and observed["val_acc"] < previous_acc - drop
+        )
+        accepted = (
+            not result.diverged
+            and not (violation and self.cfg.shield.rollback)
+            and not (collapsed and self.cfg.shield.rollback)
+        )
         if accepted:
             self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
             self.cost = cost
@@ -229,7 +240,9 @@ class HyperparamEnv(gym.Env):
             self.schedule.append(
                 ScheduleEntry(self.t, self.full_hyperparameters(proposed), result.samples, seed)
             )
-        reward = observed["val_acc"] - previous_acc if (accepted or result.diverged) else 0.0
+        # A collapse is rolled back but, like a divergence, pays what it would have cost.
+        felt = accepted or result.diverged or collapsed
+        reward = observed["val_acc"] - previous_acc if felt else 0.0
         reward -= self.cfg.shield.cost_penalty * max(cost, 0.0)
         if not result.diverged:
             # Shaping toward safety (potential -max(c, 0)): each unit of violation the accepted
@@ -246,6 +259,7 @@ class HyperparamEnv(gym.Env):
             violation=violation,
             warmup=warmup,
             accepted=accepted,
+            collapsed=collapsed,
             diverged=result.diverged,
             proposed_hyperparameters=proposed,
             observed_metrics=dict(observed),

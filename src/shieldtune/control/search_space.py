@@ -29,6 +29,19 @@ class SearchSpace:
         )
         self.keep_action = int(np.flatnonzero((self._moves == 0).all(axis=1))[0])
 
+    def baseline_action(self, values: dict[str, float], safe: bool) -> int:
+        """The baseline schedule's action: keep every level, except that while the state is
+        not certified safe each ``ramp`` dimension moves its way (when its bound allows)."""
+        target = []
+        for spec in self.specs:
+            move = {"up": 1, "down": -1}.get(spec.ramp, 0) if not safe else 0
+            if move and self._moved(spec, values[spec.name], move) == values[spec.name]:
+                move = 0
+            if move and not spec.low <= self._moved(spec, values[spec.name], move) <= spec.high:
+                move = 0
+            target.append(move)
+        return int(np.flatnonzero((self._moves == np.asarray(target)).all(axis=1))[0])
+
     def moves(self, action: int) -> np.ndarray:
         return self._moves[action]
 
@@ -63,6 +76,20 @@ class SearchSpace:
                 if v < spec.low - span or v > spec.high + span:
                     ok &= self._moves[:, i] != move
         return ok
+
+    def scheduled(self, values: dict[str, float], progress: float) -> dict[str, float]:
+        """The values a segment trains at, ``progress`` (0..1) of the way through the episode:
+        the levels, with each ``cosine`` dimension decayed (``floor + (1 - floor) *
+        (1 + cos(pi * progress)) / 2`` of its level)."""
+        out = dict(values)
+        for spec in self.specs:
+            if spec.schedule == "cosine":
+                decay = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+                level = values[spec.name]
+                out[spec.name] = self._round(
+                    spec, level * (spec.schedule_floor + (1 - spec.schedule_floor) * decay)
+                )
+        return out
 
     def normalise(self, values: dict[str, float]) -> np.ndarray:
         """Each hyperparameter mapped to [0, 1] within its bounds (log-scaled where configured)."""

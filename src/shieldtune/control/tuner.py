@@ -91,6 +91,8 @@ class TuningSummary:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     registered_model: dict[str, Any] | None = None
+    #: Where the controller's policy came from (cold start, a file, the packaged default).
+    warm_start: str = "cold start"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,7 +244,8 @@ def _learn_from_step(
     job.retries += result.attempts - 1
     cost = float(info["cost"])
     with controller:
-        rolled_back = action if info["violation"] and not info["accepted"] else None
+        rejected = (info["violation"] or info["collapsed"]) and not info["accepted"]
+        rolled_back = action if rejected else None
         next_decision = shield.decide(
             next_obs, info["action_mask"], rolled_back, warmup_cost=_warmup_cost(env)
         )
@@ -392,12 +395,13 @@ def run_tuning(
     env = HyperparamEnv(cfg)  # sizes the networks; the slots' environments do the work
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)
-    agent = DQNAgent(obs_dim, n_actions, cfg.agent, seed=cfg.tuner.seed)
+    agent = DQNAgent(
+        obs_dim, n_actions, cfg.agent, seed=cfg.tuner.seed, baseline_action=env.space.keep_action
+    )
     shield = SafetyShield(obs_dim, n_actions, cfg.shield, seed=cfg.tuner.seed)
+    warm_note = "cold start"
     if cfg.tuner.warm_start and resume is None:
-        policy = safe_load(cfg.tuner.warm_start, POLICY_KIND)
-        agent.load_state_dict(policy["agent"], warm_start=True)
-        shield.load_state_dict(policy["shield"], warm_start=True)
+        warm_note = _warm_start(cfg.tuner.warm_start, agent, shield)
 
     tracker = Tracker(cfg, __version__)
     if resume is None:
@@ -484,7 +488,17 @@ def run_tuning(
                     requests.append(slot.env.prepare_reset(seed=seed))
                 else:
                     with controller:
-                        slot.action = agent.choose_action(slot.obs, slot.decision.allowed)
+                        explore = None
+                        if not slot.env.safe_reached:
+                            explore = max(agent.epsilon, cfg.agent.epsilon_unsafe)
+                        env = slot.env
+                        safe = env.certified is Decision.SAFE
+                        slot.action = agent.choose_action(
+                            slot.obs,
+                            slot.decision.allowed,
+                            epsilon=explore,
+                            baseline=env.space.baseline_action(env.hyperparameters, safe),
+                        )
                     requests.append(slot.env.prepare_step(slot.action))
             for slot, result in zip(active, executor.run_many(requests), strict=True):
                 if slot.needs_reset:
@@ -530,6 +544,7 @@ def run_tuning(
             num_envs=n_envs,
             executor=cfg.tuner.executor,
             stop_reason=job.stop_reason,
+            warm_start=warm_note if resume is None else "resumed",
             wall_seconds=job.wall_before + time.perf_counter() - start,
             controller_seconds=job.controller_before + controller.seconds,
         )
@@ -552,6 +567,14 @@ def run_tuning(
         if executor is not None:
             executor.close()
         tracker.finish(status)
+
+
+def _warm_start(source: str, agent: DQNAgent, shield: SafetyShield) -> str:
+    """Load a policy file into the agent and the critic; what happened, in words."""
+    policy = safe_load(source, POLICY_KIND)
+    agent.load_state_dict(policy["agent"], warm_start=True)
+    shield.load_state_dict(policy["shield"], warm_start=True)
+    return f"warm start from {source}"
 
 
 def _warmup_cost(env: HyperparamEnv) -> float | None:

@@ -82,5 +82,6 @@ def check_config_against_task(cfg: Config) -> None:
     if task.input_domain is None and "adv_mix" in seen:
         raise ConfigError(
             f"config key 'env.search_space' tunes adv_mix, but task {task.name!r} is not "
-            "attackable; adversarial training needs an input_domain"
+            "attackable (adversarial training needs an input_domain); drop adv_mix from "
+            "env.search_space"
         )
