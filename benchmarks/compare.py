@@ -11,9 +11,9 @@ once on the test split (a method that certifies none scores "none").
 
 Methods (charged the budget):
 
-* shieldtune: the default mode (one whole-budget run steered by the
-  pre-trained controller, ``tuner.warm_start: default``); the same cold; and
-  without the shield (no masking, no rollback);
+* shieldtune: the default mode (one whole-budget run; the DQN deviates from a
+  cosine + ``adv_mix``-ramp baseline only when confident; the shield masks and
+  rolls back), and the same without the shield (no masking, no rollback);
 * shieldtune before the safety work (``--before REF``, default ``4c30d60``):
   the previous default (6 episodes of fresh models, point-estimate feasibility),
   run from that commit's source tree in a subprocess;
@@ -97,14 +97,15 @@ SCENARIOS = {
         ("safety.constraints=[fgsm_robust_acc >= 0.80]", "safety.epsilon=0.15"),
         32,
     ),
+    # 114 validation patients: a certified >= 0.70 needs about 0.78 measured.
     "bc-loose": Scenario(
         "configs/breast-cancer-mlp.yaml",
-        ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.5"),
+        ("safety.constraints=[fgsm_robust_acc >= 0.60]", "safety.epsilon=0.5"),
         32,
     ),
     "bc-binding": Scenario(
         "configs/breast-cancer-mlp.yaml",
-        ("safety.constraints=[fgsm_robust_acc >= 0.80]", "safety.epsilon=0.5"),
+        ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.5"),
         32,
     ),
 }
@@ -568,8 +569,9 @@ def pick_oracle(cfg: Config, data: TaskData, seed: int) -> tuple[float, float]:
 
 def methods(workdir: Path, before: str | None) -> dict[str, Callable]:
     out: dict[str, Callable] = {
-        "shieldtune (default: whole run, pre-trained policy)": shieldtune_method([]),
-        "shieldtune cold (no pre-trained policy)": shieldtune_method(["tuner.warm_start=null"]),
+        "shieldtune (default: one run, cosine + adv_mix-ramp baseline, DQN, shield)": (
+            shieldtune_method([])
+        ),
         "shieldtune without the shield": shieldtune_method(
             ["shield.enabled=false", "shield.rollback=false"]
         ),
