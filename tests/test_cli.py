@@ -54,6 +54,19 @@ def test_tune_then_evaluate_the_best_checkpoint(tmp_path, monkeypatch, capsys):
         "mia_advantage",
         "mia_tpr_at_1fpr",
     } <= set(report)
+    # Readable: each constraint with its value, bounds and verdict, and the gate.
+    printed = capsys.readouterr().out
+    assert "fgsm_robust_acc >= 0.1" in printed and "certified" in printed
+    assert "safety gate" in printed and "{" not in printed
+
+
+def test_version_flag_prints_the_version(capsys):
+    import shieldtune
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"shieldtune {shieldtune.__version__}"
 
 
 def test_tune_with_default_tracking_uses_a_local_sqlite_store_and_says_how_to_browse(

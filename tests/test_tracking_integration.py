@@ -291,12 +291,12 @@ def test_evaluate_cli_scores_the_registered_champion(
 
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    report = json.loads(captured.out)
+    report = json.loads(out_file.read_text())
     assert report["test_acc"] > 0.5
     assert report["constraints_satisfied"] == 1.0
     # Same checkpoint, same data and attack settings: the tuner's own test report.
     assert report == pytest.approx(champion_job.summary.test_metrics)
-    assert json.loads(out_file.read_text()) == report
+    assert "safety gate passed" in captured.out
 
 
 def test_infeasible_spec_registers_no_model_but_still_logs_the_job(

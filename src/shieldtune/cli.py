@@ -18,6 +18,12 @@ from shieldtune.signals import interrupt_on_sigterm
 EXAMPLE_CONFIG = "configs/mnist-cnn.yaml"
 
 
+def _version() -> str:
+    from shieldtune import __version__
+
+    return __version__
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (defaults apply where omitted)")
     p.add_argument(
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shieldtune",
         description="Safety-constrained RL hyperparameter tuning (DQN controller + safety shield).",
     )
+    parser.add_argument("--version", action="version", version=f"shieldtune {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     tune = sub.add_parser("tune", help="run a tuning job (logs to MLflow)")
@@ -134,7 +141,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
         state = find_resume_state(cfg.tuner.output_dir, args.resume)
         cfg = _resumed_config(
-            cfg, state["config"], given_explicitly=bool(args.config or args.overrides)
+            cfg, state["config"], config_file=bool(args.config), overrides=args.overrides
         )
         print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
         s = run_tuning(cfg, resume=state)
@@ -203,20 +210,35 @@ def _print_summary(cfg: Config, s) -> None:
     print(f"safety gate {gate}: every constraint must be certified on the test split")
 
 
-def _resumed_config(given: Config, saved: dict, *, given_explicitly: bool = False) -> Config:
-    """The interrupted job's own config; a config given with --resume may only change
-    ``tuner.progress`` (a different job cannot continue this one's state)."""
+#: Keys a ``--resume`` may set: where the job's folder is, and how it reports progress.
+RESUME_KEYS = ("tuner.output_dir", "tuner.progress")
+
+
+def _resumed_config(
+    given: Config, saved: dict, *, config_file: bool = False, overrides: list[str] | None = None
+) -> Config:
+    """The interrupted job's own config. With --resume, ``--set`` may only touch
+    :data:`RESUME_KEYS`, and a ``--config`` file must describe the same job apart from them
+    (a different job cannot continue this one's state)."""
     from shieldtune.config import config_from_dict, flatten
 
     cfg = config_from_dict(saved)
     cfg.tuner.progress = given.tuner.progress
-    if given_explicitly:
+    cfg.tuner.output_dir = given.tuner.output_dir
+    keys = sorted({o.partition("=")[0].strip() for o in overrides or []} - set(RESUME_KEYS))
+    if keys:
+        raise ConfigError(
+            f"--resume continues the saved job, but --set changes {', '.join(keys[:3])}; "
+            f"drop those settings (only {' and '.join(RESUME_KEYS)} may be set)"
+        )
+    if config_file:
         mine, theirs = flatten(given), flatten(cfg)
-        differing = sorted(k for k in mine if mine[k] != theirs.get(k))
+        differing = sorted(k for k in mine if k not in RESUME_KEYS and mine[k] != theirs.get(k))
         if differing:
             raise ConfigError(
                 f"--resume continues the saved job, but the given config changes "
-                f"{', '.join(differing[:3])}; drop those settings (only tuner.progress may differ)"
+                f"{', '.join(differing[:3])}; drop those settings (only "
+                f"{' and '.join(RESUME_KEYS)} may differ)"
             )
     return cfg
 
@@ -262,12 +284,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     task = make_task(cfg.task)
     data = load_task_data(task, cfg.data)
     device = resolve_device(cfg.training.device)
+    print(
+        f"evaluating {path} (task {task.name}) on the {len(data.test)}-sample test split: "
+        "accuracy, FGSM, PGD, membership inference...",
+        file=sys.stderr,
+        flush=True,
+    )
     report = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
-    text = json.dumps(report, indent=2)
-    print(text)
+    for line in _report_lines(cfg, report):
+        print(line)
     if args.output:
-        Path(args.output).write_text(text)
+        Path(args.output).write_text(json.dumps(report, indent=2))
     return 0 if report["constraints_satisfied"] else 1
+
+
+def _report_lines(cfg: Config, report: dict[str, float]) -> list[str]:
+    """A test report as text: every metric with its bounds, then each constraint's verdict."""
+    from shieldtune.safety.report import constraint_rows, format_rows
+    from shieldtune.safety.spec import available_metrics, parse_constraints
+    from shieldtune.tasks.registry import make_task
+
+    lines = []
+    for name, value in report.items():
+        if name.endswith(("_low", "_high")) or name in ("certified", "constraints_satisfied"):
+            continue
+        bounds = ""
+        if f"{name}_low" in report:
+            bounds = f"  [{report[f'{name}_low']:.4f}, {report[f'{name}_high']:.4f}]"
+        lines.append(f"{name:<20} {value:.4f}{bounds}")
+    constraints = parse_constraints(cfg.safety.constraints, available_metrics(make_task(cfg.task)))
+    lines.append(f"constraints (confidence {cfg.safety.confidence:g}):")
+    lines += format_rows(constraint_rows(constraints, report))
+    gate = "passed" if report["constraints_satisfied"] else "FAILED"
+    lines.append(f"safety gate {gate}: every constraint must be certified on the test split")
+    return lines
 
 
 def _cmd_step(args: argparse.Namespace) -> int:

@@ -9,12 +9,30 @@ segment with the hyperparameters the action chose, then evaluates it.
   last reward.
 * Action: ``Discrete(3**d)``, decrease / keep / increase each tunable
   hyperparameter by its configured factor.
-* Reward: validation-accuracy gain (the seed's definition), optionally minus
+* Reward: validation-accuracy gain (the seed's definition) plus
+  ``shield.safety_shaping`` x the spec violation removed, optionally minus
   ``shield.cost_penalty * max(cost, 0)``.
-* ``info``: ``cost`` (the spec's signed violation), ``costs`` per constraint,
-  ``constraint_satisfied``, ``violation``, ``warmup``, ``action_mask`` (hard
-  bounds) for the next state, ``accepted`` (False when the segment was rolled
-  back), ``diverged``.
+* The budget's end is ``terminated`` (the observation carries budget progress, so
+  it is part of the state, not a time limit); ``truncated`` is always False.
+* ``render_mode``: accepted as Gymnasium passes it; there is nothing to render.
+* ``action_masks()``: the allowed actions as booleans, for sb3-contrib's MaskablePPO.
+
+``info``, the same keys after ``reset`` and ``step``:
+
+* ``action_mask`` (int8, as Gymnasium's own envs; usable with
+  ``action_space.sample(mask=...)``): actions the hard bounds allow next;
+* ``hyperparameters``: the accepted levels now; ``proposed_hyperparameters``: the
+  levels this step trained at (after ``reset``: the initial levels);
+* ``metrics``: the accepted state's metrics; ``observed_metrics``: this step's
+  measured result, accepted or not (after ``reset``: the fresh model's);
+* ``samples_used``: training samples spent in this episode;
+* ``cost``: the observed result's signed violation (<= 0 is safe); ``costs``: per
+  constraint; ``constraint_satisfied``: ``cost <= 0``; ``certified``: ``safe``,
+  ``unsafe`` or ``undecided`` at ``safety.confidence``;
+* ``violation``: broke the spec after the episode's first safe state; ``warmup``:
+  broke it before; ``accepted``: False when the segment was rolled back;
+  ``collapsed``: lost more than ``shield.collapse_drop`` accuracy (rolled back);
+  ``diverged``: NaN/inf or exploding loss (ends the episode). All False after reset.
 
 Warm-up and violations: a fresh model is never safe (an untrained CNN has about
 10% accuracy and no robustness), so until an episode first reaches a safe
@@ -80,7 +98,13 @@ class HyperparamEnv(gym.Env):
         self,
         config: Config | dict | None = None,
         executor: StepExecutor | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; this env renders nothing"
+            )
+        self.render_mode = render_mode
         self.cfg = config if isinstance(config, Config) else config_from_dict(config)
         self.space = SearchSpace(self.cfg.env.search_space)
         task = make_task(self.cfg.task)
@@ -127,6 +151,11 @@ class HyperparamEnv(gym.Env):
         return {**self._fixed, **self.space.scheduled(tuned, progress)}
 
     def action_mask(self) -> np.ndarray:
+        """Actions the hard bounds allow from here, as int8 (Gymnasium's mask convention)."""
+        return self.space.valid_mask(self.hyperparameters).astype(np.int8)
+
+    def action_masks(self) -> np.ndarray:
+        """The same as booleans: the method sb3-contrib's MaskablePPO calls."""
         return self.space.valid_mask(self.hyperparameters)
 
     def costs(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -182,7 +211,20 @@ class HyperparamEnv(gym.Env):
         self.cost = spec_cost(self.constraints, self.metrics)
         self.certified = Decision(int(self.metrics.get("certified", Decision.UNDECIDED)))
         self.safe_reached = self.cost <= 0
-        return self._observation(), self._info(cost=self.cost, constraint_satisfied=self.cost <= 0)
+        info = self._info(
+            cost=self.cost,
+            costs=self.costs(self.metrics) if "val_acc" in self.metrics else {},
+            constraint_satisfied=self.cost <= 0,
+            certified=self.certified.name.lower(),
+            violation=False,
+            warmup=False,
+            accepted=True,
+            collapsed=False,
+            diverged=False,
+            proposed_hyperparameters=dict(self.hyperparameters),
+            observed_metrics=dict(self.metrics),
+        )
+        return self._observation(), info
 
     def prepare_step(self, action: int) -> StepRequest:
         """Apply ``action`` to the hyperparameters; returns the segment to train."""
@@ -249,8 +291,8 @@ class HyperparamEnv(gym.Env):
             # state removes is rewarded, each unit it adds is charged.
             reward += self.cfg.shield.safety_shaping * (previous_violation - max(self.cost, 0.0))
         self._last_reward = float(np.clip(reward, -1.0, 1.0))
-        terminated = bool(result.diverged)
-        truncated = self.t >= self.cfg.env.steps_per_episode
+        terminated = bool(result.diverged) or self.t >= self.cfg.env.steps_per_episode
+        truncated = False
         info = self._info(
             cost=cost,
             costs=costs,

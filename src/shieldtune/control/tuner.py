@@ -12,6 +12,8 @@ audit log, plots and a JSON summary, all tracked in MLflow.
 from __future__ import annotations
 
 import json
+import secrets
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -406,20 +408,27 @@ def run_tuning(
     tracker = Tracker(cfg, __version__)
     if resume is None:
         tracker.start()
-        run_label = tracker.parent_id or time.strftime("%Y%m%d-%H%M%S")
+        # Without MLflow, a time stamp plus a random suffix: two jobs started in the same
+        # second must never share (and overwrite) a folder.
+        run_label = tracker.parent_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     else:
         run_label = resume["run_label"]
         if resume["parent_run_id"]:
             tracker.attach(resume["parent_run_id"], resumed=True)
     out_dir = Path(cfg.tuner.output_dir) / run_label
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.tuner.progress:
-        where = "" if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR else " --set tuner.output_dir=..."
-        print(
-            f"run {run_label}: state saved after every step; if interrupted, continue with "
-            f"shieldtune tune --resume {run_label}{where}",
-            file=sys.stderr,
-        )
+    # Always printed (it must survive a SIGKILL of a job that shows no progress bar).
+    where = (
+        ""
+        if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR
+        else f" --set tuner.output_dir={shlex.quote(cfg.tuner.output_dir)}"
+    )
+    print(
+        f"run {run_label}: state saved after every step; if interrupted, continue with "
+        f"shieldtune tune --resume {run_label}{where}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
     slots: list[_Slot] = []
