@@ -129,3 +129,47 @@ def test_pretrain_runs_proxy_jobs_and_writes_a_policy_a_job_can_start_from(tmp_p
     assert out.returncode == 0, out.stderr[-1000:]
     summary = json.loads(next(tmp_path.glob("shieldtune-runs/*/summary.json")).read_text())
     assert summary["warm_start"] == f"warm start from {policy}"
+
+
+def test_evaluate_by_model_uri_without_a_store_here_names_what_is_missing_and_creates_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["evaluate", "--model-uri", "models:/shieldtune-mnist-cnn@champion"]) == 2
+    err = capsys.readouterr().err
+    assert "mlflow.db does not exist" in err and "MLFLOW_TRACKING_URI" in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_credentials_in_the_tracking_uri_are_redacted_wherever_they_are_shown():
+    from shieldtune.tracking.tracker import TrackingError, _retrying, redact, ui_hint
+
+    uri = "http://alice:CANARY-s3cret@mlflow.example.com:5000"
+    assert redact(uri) == "http://alice:***@mlflow.example.com:5000"
+    assert "CANARY" not in ui_hint(uri)
+
+    def fails():
+        raise OSError(f"connection to {uri} refused")
+
+    with pytest.raises(TrackingError) as err:
+        _retrying(fails, uri)
+    assert "CANARY" not in str(err.value) and "alice:***@" in str(err.value)
+
+
+def test_a_config_file_above_a_megabyte_is_refused_before_it_is_parsed(tmp_path, capsys):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("safety:\n  constraints:\n" + "    - fgsm_robust_acc >= 0.5\n" * 60_000)
+    assert main(["tune", "--config", str(huge)]) == 2
+    assert "is at most 1000000 bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["", "a/b/../c", "x" * 300])
+def test_registered_model_names_that_mlflow_refuses_are_refused_at_config_time(name, capsys):
+    assert main(["tune", "--set", f"tracking.registered_model_name={name!r}"]) == 2
+    assert "tracking.registered_model_name" in capsys.readouterr().err
+
+
+def test_http_retries_stay_within_what_mlflow_accepts(capsys):
+    assert main(["tune", "--set", "tracking.http_retries=11"]) == 2
+    assert "allowed: [0, 10]" in capsys.readouterr().err

@@ -246,17 +246,28 @@ def _resumed_config(
 def _checkpoint_from_model_uri(uri: str) -> Path:
     import mlflow
 
-    from shieldtune.tracking.tracker import default_tracking_uri
+    from shieldtune.tracking.tracker import default_tracking_uri, redact
 
     if not uri.startswith("models:/"):
         raise CheckpointError(
             f"--model-uri {uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION"
         )
-    mlflow.set_tracking_uri(default_tracking_uri())
+    store = default_tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+        # Opening it would create an empty store here and then report "not found".
+        raise CheckpointError(
+            f"no MLflow store to resolve {uri} in: {store.removeprefix('sqlite:///')} does not "
+            "exist; set MLFLOW_TRACKING_URI, or run where the tuning job ran"
+        )
+    mlflow.set_tracking_uri(store)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except mlflow.exceptions.MlflowException as exc:
-        raise CheckpointError(f"cannot resolve {uri}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"cannot resolve {uri} in the MLflow store {redact(default_tracking_uri())}: "
+            f"{redact(str(exc).splitlines()[0])}; set MLFLOW_TRACKING_URI to the store that "
+            "holds it"
+        ) from None
     found = sorted(local.rglob("best_model.pt"))
     if not found:
         raise CheckpointError(f"{uri} carries no best_model.pt; it was not logged by shieldtune")

@@ -29,6 +29,9 @@ DEFAULT_OUTPUT_DIR = "shieldtune-runs"
 #: Longest string value accepted anywhere in a config (paths, names, constraints).
 MAX_STRING = 4096
 
+#: Largest config file read (a real one is a few kB; a huge one is refused before parsing).
+MAX_CONFIG_BYTES = 1_000_000
+
 #: Longest task.kwargs (as JSON) and deepest nesting accepted.
 MAX_KWARGS_CHARS = 65536
 MAX_KWARGS_DEPTH = 8
@@ -317,14 +320,19 @@ class KubernetesConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    experiment: str = "shieldtune"
+    experiment: str = field(
+        default="shieldtune", metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,254}", "team-a")
+    )
     run_name: str | None = None
     #: Default: ``shieldtune-<task name>``.
-    registered_model_name: str | None = None
+    registered_model_name: str | None = field(
+        default=None,
+        metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", "shieldtune-mnist-cnn"),
+    )
     log_model: bool = True
     #: MLflow HTTP retries per request, with exponential backoff (factor * 2**n seconds);
     #: after them the job stops with a clear error and can be resumed.
-    http_retries: int = field(default=5, metadata=_range(0, 20))
+    http_retries: int = field(default=5, metadata=_range(0, 10))
     http_backoff_factor: int = field(default=1, metadata=_range(0, 60))
 
 
@@ -625,6 +633,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not is_existing_file(p):
             raise ConfigError(
                 f"config file {_show(str(p))} does not exist; pass an existing YAML file"
+            )
+        try:
+            size = p.stat().st_size
+        except OSError as exc:
+            raise ConfigError(f"config file {_show(str(p))} cannot be read: {exc}") from None
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {_show(str(p))} is {size} bytes; a config is at most "
+                f"{MAX_CONFIG_BYTES} bytes (is this the right file?)"
             )
         try:
             loaded = load_yaml(p.read_text(encoding="utf-8"))

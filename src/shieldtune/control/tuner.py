@@ -46,7 +46,7 @@ from shieldtune.tasks.checker import check_model, load_task_data
 from shieldtune.tasks.contract import TaskData
 from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.plots import plot_steps
-from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker, redact
 from shieldtune.training.device import resolve_device
 from shieldtune.training.step import StepResult, build_model
 
@@ -683,7 +683,7 @@ def _finish(
         "best": best_dict,
         "test_metrics": test_metrics,
         "output_dir": str(out_dir),
-        "tracking_uri": tracker.uri if tracker.enabled else None,
+        "tracking_uri": redact(tracker.uri) if tracker.enabled else None,
         "mlflow_run_id": tracker.parent_id,
         "registered_model": registered,
     }

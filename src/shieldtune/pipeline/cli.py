@@ -96,11 +96,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     params = pipeline_params(cfg, args.pipeline)
     if args.action == "run" and args.local:
         from shieldtune.pipeline.local_run import run_local
-        from shieldtune.tracking.tracker import default_tracking_uri, ui_hint
+        from shieldtune.tracking.tracker import default_tracking_uri, redact, ui_hint
 
         run_local(args.pipeline, params, Path(args.workdir))
         print(f"pipeline {args.pipeline} finished; artifacts under {args.workdir}/local_outputs")
-        print(f"MLflow: {default_tracking_uri()}; browse: {ui_hint(default_tracking_uri())}")
+        uri = default_tracking_uri()
+        print(f"MLflow: {redact(uri)}; browse: {ui_hint(uri)}")
         return 0
     from shieldtune.pipeline import remote
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from functools import partial
@@ -37,6 +38,11 @@ _TUNED_ENV = (
 )
 
 
+def redact(uri: str) -> str:
+    """``uri`` with the password of its user-info replaced: ``http://user:***@host``."""
+    return re.sub(r"(?<=://)([^/@:\s]*):[^/@\s]*@", r"\1:***@", uri)
+
+
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
@@ -62,7 +68,7 @@ def git_commit() -> str | None:
 def ui_hint(uri: str) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"
 
 
 class Tracker:
@@ -259,25 +265,33 @@ class Tracker:
             output = model(example).numpy()
         signature = infer_signature(example.numpy(), output)
         name = self.cfg.registered_model_name
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example.numpy(),
-            registered_model_name=name,
-            extra_files=[str(checkpoint)],
-            serialization_format="pt2",
-            pip_requirements=[f"shieldtune=={self.version}"],
+        # Every call below goes through the retry wrapper: a server outage is one line
+        # naming the run to resume, never a traceback.
+        info = self._call(
+            partial(
+                mlflow.pytorch.log_model,
+                model,
+                name="model",
+                signature=signature,
+                input_example=example.numpy(),
+                registered_model_name=name,
+                extra_files=[str(checkpoint)],
+                serialization_format="pt2",
+                pip_requirements=[f"shieldtune=={self.version}"],
+            )
         )
         version = str(info.registered_model_version)
-        assert self.client is not None
-        self.client.set_model_version_tag(
-            name, version, "safety_gate", "passed" if feasible else "failed"
-        )
-        self.client.set_model_version_tag(name, version, "test_metrics", json.dumps(test_metrics))
-        self.client.set_model_version_tag(name, version, "source_run_id", str(self.parent_id))
+        client = self.client
+        assert client is not None
+        tags = {
+            "safety_gate": "passed" if feasible else "failed",
+            "test_metrics": json.dumps(test_metrics),
+            "source_run_id": str(self.parent_id),
+        }
+        for key, value in tags.items():
+            self._call(partial(client.set_model_version_tag, name, version, key, value))
         if feasible:
-            self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+            self._call(partial(client.set_registered_model_alias, name, CHAMPION_ALIAS, version))
         return {"name": name, "version": version, "alias": CHAMPION_ALIAS if feasible else None}
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -328,7 +342,7 @@ def _retrying(call: Callable[[], T], uri: str, hint: str = RESUME_HINT) -> T:
         return call()
     except (MlflowException, OSError, requests.exceptions.RequestException) as exc:
         raise TrackingError(
-            f"MLflow at {uri} failed after its retries ({first_line(exc)}); {hint}"
+            f"MLflow at {redact(uri)} failed after its retries ({redact(first_line(exc))}); {hint}"
         ) from None
 
 
