@@ -165,6 +165,8 @@ class Ledger:
     budget: int
     samples: int = 0
     unsafe: int = 0
+    #: Of ``unsafe``, segments before their training run was first safe.
+    unsafe_warmup: int = 0
     best_acc: float = -1.0
     best_state: TrainState | None = None
     train_seconds: float = 0.0
@@ -187,6 +189,7 @@ class TrainingRun:
         self.seed, self.t = init_seed, 0
         self.state = executor.run(StepRequest(None, self.fixed, 0, init_seed)).state
         self.val_acc, self.certified, self.cost = 0.0, False, math.inf
+        self.safe_reached = False
 
     def segment(self, hp: dict[str, float]) -> None:
         self.t += 1
@@ -204,6 +207,8 @@ class TrainingRun:
         else:
             self.cost = spec_cost(self.constraints, res.metrics)
             led.unsafe += int(self.cost > 0)
+            led.unsafe_warmup += int(self.cost > 0 and not self.safe_reached)
+            self.safe_reached = self.safe_reached or self.cost <= 0
             self.certified = res.metrics.get("certified") == float(Decision.SAFE)
             self.state, self.val_acc = res.state, res.metrics["val_acc"]
             if self.certified and self.val_acc > led.best_acc:
@@ -214,6 +219,7 @@ class TrainingRun:
         """PBT exploit: take over another member's weights and optimizer state."""
         self.state, self.val_acc = other.state, other.val_acc
         self.certified, self.cost = other.certified, other.cost
+        self.safe_reached = other.safe_reached
 
 
 def _near_best(curve: list[tuple[int, float]]) -> int | None:
@@ -347,7 +353,7 @@ def _baseline(body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, in
         body(ledger, executor, np.random.default_rng(seed), seed)
         _report(cfg, data, ledger.best_state, r)
         r.wall_seconds = time.perf_counter() - start  # includes the test report, as shieldtune's
-        r.unsafe_segments = ledger.unsafe
+        r.unsafe_segments, r.unsafe_warmup = ledger.unsafe, ledger.unsafe_warmup
         r.curve = ledger.curve
         r.samples_to_near_best = _near_best(ledger.curve)
         r.train_seconds, r.eval_seconds = ledger.train_seconds, ledger.eval_seconds
@@ -603,8 +609,9 @@ def _fmt(values: list[float | None], digits: int = 4) -> str:
 def table(results: list[Result]) -> str:
     lines = [
         "| method | test acc (chosen, certified) | its test FGSM | found | chosen breaks spec "
-        "on test | unsafe segments (warm-up) | samples to within 0.5 pp | eval share | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "on test | unsafe segments (warm-up) | samples to within 0.5 pp | eval share | "
+        "compute s (train + eval) | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r.method for r in results):
         rs = [r for r in results if r.method == name]
@@ -623,6 +630,7 @@ def table(results: list[Result]) -> str:
             f"| {name} | {_fmt([r.test_acc for r in rs])} | {_fmt([r.test_fgsm for r in rs])} | "
             f"{found}/{len(rs)} | {breaks} | {unsafe:g} ({warm:g}) | "
             f"{_fmt([r.samples_to_near_best for r in rs], 0)} | {share:.2f} | "
+            f"{statistics.median([r.train_seconds + r.eval_seconds for r in rs]):.1f} | "
             f"{statistics.median([r.wall_seconds for r in rs]):.0f} |"
         )
     return "\n".join(lines)
@@ -639,7 +647,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="folder for results.json (appended per run)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="print saved results")
     args = ap.parse_args()
+    if args.render:
+        saved = [
+            Result(**{**r, "curve": [tuple(p) for p in r["curve"]]})
+            for r in json.loads(args.render.read_text())
+        ]
+        for name in dict.fromkeys(r.scenario for r in saved):
+            print(f"\n### {name}\n")
+            print(table([r for r in saved if r.scenario == name]))
+        return
     torch.set_num_threads(args.threads)
     scenarios = args.scenario or (["bc-loose", "bc-binding"] if args.quick else list(SCENARIOS))
     seeds = 1 if args.quick else args.seeds

@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shieldtune.checkpoint import (
     MODEL_KIND,
@@ -15,6 +17,7 @@ from shieldtune.checkpoint import (
     save_model_checkpoint,
     save_policy,
 )
+from shieldtune.cli import main
 from shieldtune.errors import CheckpointError
 
 
@@ -62,3 +65,24 @@ def test_wrong_kind_and_missing_file_are_reported(tmp_path):
         safe_load(path, MODEL_KIND)
     with pytest.raises(CheckpointError, match="does not exist"):
         safe_load(tmp_path / "absent.pt", MODEL_KIND)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=0, max_size=400))
+def test_any_bytes_are_loaded_or_refused_in_one_line_never_a_traceback(tmp_path_factory, data):
+    """Issue: 260 of 900 fuzzed files escaped safe_load as IndexError, struct.error, ..."""
+    path = tmp_path_factory.mktemp("fuzz") / "x.pt"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as err:
+        safe_load(path, MODEL_KIND)
+    assert "\n" not in str(err.value)
+
+
+def test_arbitrary_system_files_are_refused_in_one_line(capsys):
+    for argv in (
+        ["evaluate", "--checkpoint", "/etc/passwd"],
+        ["tune", "--set", "tuner.warm_start=/etc/passwd", "--set", "tracking.enabled=false"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("shieldtune: error:") and err.count("\n") == 1, err

@@ -201,3 +201,69 @@ def test_retried_kfp_tune_task_resumes_the_attempt_that_died(tmp_path):
     assert summary["mlflow_run_id"] == died_in
     assert summary["steps_run"] == 6
     assert "resumed after step" in summary["warm_start"]
+
+
+def test_resuming_a_finished_run_says_so_and_does_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", *tiny_cli_args("tracking.enabled=false", "tuner.episodes=1")]) == 0
+    run = next(tmp_path.glob("shieldtune-runs/*")).name
+    before = (tmp_path / "shieldtune-runs" / run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["tune", "--resume", run]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "shieldtune-runs" / run / "summary.json").read_text() == before
+
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tmp_path):
+    from shieldtune.runlock import RunLock, RunLockedError
+
+    held = RunLock(tmp_path, "run1").acquire()
+    try:
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from shieldtune.runlock import RunLock;"
+                f"RunLock(Path({str(tmp_path)!r}), 'run1').acquire()",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert child.returncode != 0 and "RunLockedError" in child.stderr
+        assert f"already running in process {os.getpid()}" in child.stderr
+    finally:
+        held.release()
+    RunLock(tmp_path, "run1").acquire().release()  # free again once the holder is gone
+    with pytest.raises(RunLockedError):
+        first = RunLock(tmp_path, "run1").acquire()
+        try:
+            RunLock(tmp_path, "run1").acquire()
+        finally:
+            first.release()
+
+
+def test_a_state_file_with_a_flipped_byte_or_missing_keys_is_one_line(tmp_path, capsys):
+    from shieldtune.checkpoint import atomic_save
+    from shieldtune.control.tuner import CONTROLLER_KIND, STATE_FILE
+
+    run = tmp_path / "run1"
+    atomic_save({"kind": CONTROLLER_KIND}, run / STATE_FILE)  # well-formed, nothing in it
+    assert main(["tune", "--set", f"tuner.output_dir={tmp_path}", "--resume", "run1"]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete shieldtune.controller/v1 file" in err and err.count("\n") == 1
+    data = bytearray((run / STATE_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (run / STATE_FILE).write_bytes(bytes(data))
+    assert main(["tune", "--set", f"tuner.output_dir={tmp_path}", "--resume", "run1"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match its checksum" in err and err.count("\n") == 1
+
+
+def test_an_unwritable_output_dir_is_one_line_before_any_mlflow_run(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["tune", *tiny_cli_args(f"tuner.output_dir={blocker}")]
+    assert main([*argv, "--set", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot hold the run" in err and "Traceback" not in err and err.count("\n") == 1

@@ -323,3 +323,30 @@ def test_infeasible_spec_registers_no_model_but_still_logs_the_job(
     assert not any(k.startswith("test_") for k in parent.data.metrics), parent.data.metrics
     assert set(PARENT_FILES) <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert len(_child_runs(client, summary.mlflow_run_id)) == cfg.tuner.episodes
+
+
+def test_a_store_another_job_is_creating_at_the_same_moment_is_retried_not_a_traceback(
+    tmp_path, monkeypatch
+):
+    """Two jobs started at once on a new sqlite store: the second saw ``table ... already
+    exists`` from MLflow's schema setup and died with a long traceback."""
+    from shieldtune.config import config_from_dict
+    from shieldtune.tracking import tracker as tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    real = tracking.MlflowClient
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) table latest_metrics already exists")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "MlflowClient", racing)
+    t = tracking.Tracker(config_from_dict({}), "test")
+    try:
+        t.start()
+        assert t.parent_id and len(calls) == 2
+    finally:
+        t.finish()

@@ -7,51 +7,134 @@ tampered file cannot execute code: only tensors and plain containers load.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from shieldtune.errors import CheckpointError, first_line, is_existing_file
+from shieldtune.errors import CheckpointError, StorageError, first_line, is_existing_file
 
 MODEL_KIND = "shieldtune.model/v1"
 POLICY_KIND = "shieldtune.policy/v1"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+#: What every file of a kind must hold at its top level (checked after the weights-only
+#: load): key -> accepted types. Readers register their kinds with :func:`register_kind`.
+_SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {}
+#: Integers in project files (seeds, counts) must fit the 64-bit generators that use them.
+_MAX_INT = 2**63 - 1
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def register_kind(kind: str, schema: dict[str, tuple[type, ...]]) -> str:
+    """Declare the top-level keys (and their types) a file of ``kind`` must hold."""
+    _SCHEMAS[kind] = schema
+    return kind
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _write(data: bytes, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` with torch.save, atomically (temp file + rename), with a checksum.
+
+    The SHA-256 of the bytes goes to ``<path>.sha256``, with the previous version's (the
+    sidecar is replaced just before the file, so a crash between the two leaves a file
+    whose digest is still listed). :func:`safe_load` refuses a file whose digest is not.
+    Disk and path errors are one-line :class:`StorageError`s naming the path.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar = _sidecar(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = _digests(sidecar)[:1]
+        _write(json.dumps({"sha256": [digest, *previous]}).encode(), sidecar)
+        _write(data, path)
+    except OSError as exc:
+        raise StorageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path
 
 
+def _digests(sidecar: Path) -> list[str]:
+    try:
+        listed = json.loads(sidecar.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [d for d in listed if isinstance(d, str)] if isinstance(listed, list) else []
+
+
+def _check_schema(path: Path, kind: str, obj: dict[str, Any]) -> None:
+    for key, types in _SCHEMAS.get(kind, {}).items():
+        if key not in obj:
+            raise CheckpointError(
+                f"{str(path)!r} is an incomplete {kind} file: it has no {key!r}; it is damaged "
+                "or was written by another version"
+            )
+        value = obj[key]
+        if not isinstance(value, types):
+            raise CheckpointError(
+                f"{str(path)!r}: {key!r} is a {type(value).__name__}, not what a {kind} file "
+                "holds; the file is damaged or was written by another version"
+            )
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+            raise CheckpointError(f"{str(path)!r}: {key!r} = {value} is out of range")
+
+
 def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
-    """Load a file written by :func:`atomic_save` and check its ``kind`` tag."""
+    """Load a file written by :func:`atomic_save`: weights-only, checksum, kind and structure.
+
+    Every way the file can be wrong (missing, unreadable, not a weights-only file, bytes
+    changed since it was written, another kind, missing keys) is one
+    :class:`CheckpointError` line.
+    """
     path = Path(path)
     if not is_existing_file(path):
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    sidecar = _sidecar(path)
+    if sidecar.exists():
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({exc})") from None
+        if digest not in _digests(sidecar):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not match its checksum ({sidecar.name}): the "
+                "file was changed or damaged after it was written"
+            )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # the unpickler raises many types on hostile bytes
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupted or not a safe weights-only file "
-            f"({first_line(exc, 160)})"
+            f"({type(exc).__name__}: {first_line(exc, 140)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{str(path)!r} is not a {kind} file (found {found!r})")
+    _check_schema(path, kind, obj)
     return obj
 
 
@@ -92,3 +175,7 @@ def save_policy(
         },
         path,
     )
+
+
+register_kind(MODEL_KIND, {"model_state": (dict,), "config": (dict,), "schedule": (dict, list)})
+register_kind(POLICY_KIND, {"agent": (dict,), "shield": (dict,), "search_space": (list,)})

@@ -143,6 +143,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         cfg = _resumed_config(
             cfg, state["config"], config_file=bool(args.config), overrides=args.overrides
         )
+        summary = Path(cfg.tuner.output_dir) / args.resume / "summary.json"
+        if state["job"].get("stop_reason") and summary.is_file():
+            print(
+                f"run {args.resume} already finished ({state['job']['stop_reason']}); nothing to "
+                f"resume: its summary is {summary}"
+            )
+            return 0
         print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
         s = run_tuning(cfg, resume=state)
     else:
@@ -225,14 +232,15 @@ def _resumed_config(
     cfg = config_from_dict(saved)
     cfg.tuner.progress = given.tuner.progress
     cfg.tuner.output_dir = given.tuner.output_dir
-    keys = sorted({o.partition("=")[0].strip() for o in overrides or []} - set(RESUME_KEYS))
+    mine, theirs = flatten(given), flatten(cfg)
+    touched = {".".join(o.partition("=")[0].strip().split(".")[:2]) for o in overrides or []}
+    keys = sorted(k for k in touched - set(RESUME_KEYS) if mine.get(k) != theirs.get(k))
     if keys:
         raise ConfigError(
             f"--resume continues the saved job, but --set changes {', '.join(keys[:3])}; "
             f"drop those settings (only {' and '.join(RESUME_KEYS)} may be set)"
         )
     if config_file:
-        mine, theirs = flatten(given), flatten(cfg)
         differing = sorted(k for k in mine if k not in RESUME_KEYS and mine[k] != theirs.get(k))
         if differing:
             raise ConfigError(

@@ -30,6 +30,10 @@ class TaskError(ConfigError):
     """A task (built-in or a user's plug-in) cannot be found, built, or breaks the contract."""
 
 
+class StorageError(ShieldtuneError):
+    """A file could not be written or a folder created (disk full, read-only, not a folder)."""
+
+
 class StepFailedError(ShieldtuneError):
     """An environment step kept failing after its bounded retries (or could not be started)."""
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from shieldtune.checkpoint import (
     POLICY_KIND,
     atomic_save,
+    register_kind,
     safe_load,
     save_model_checkpoint,
     save_policy,
@@ -36,9 +37,10 @@ from shieldtune.config import DEFAULT_OUTPUT_DIR, Config
 from shieldtune.control.agent import DQNAgent
 from shieldtune.control.env import HyperparamEnv
 from shieldtune.control.shield import SafetyShield, ShieldDecision
-from shieldtune.errors import CheckpointError, is_existing_file
+from shieldtune.errors import CheckpointError, StorageError, first_line, is_existing_file
 from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
+from shieldtune.runlock import RunLock
 from shieldtune.safety.stats import Decision
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import first_inputs
@@ -140,6 +142,8 @@ class _JobState:
     diverged: int = 0
     certified_safe: int = 0
     undecided: int = 0
+    #: Where the controller's policy came from (kept across a resume).
+    warm_start: str = "cold start"
     retries: int = 0
     stop_reason: str | None = None
     #: Wall and controller time spent before the last resume.
@@ -352,7 +356,20 @@ _NOT_METRICS = (
 )
 
 
-CONTROLLER_KIND = "shieldtune.controller/v1"
+CONTROLLER_KIND = register_kind(
+    "shieldtune.controller/v1",
+    {
+        "config": (dict,),
+        "run_label": (str,),
+        "parent_run_id": (str, type(None)),
+        "agent": (dict,),
+        "shield": (dict,),
+        "slots": (list,),
+        "job": (dict,),
+        "torch_rng": (torch.Tensor,),
+        "pending_metrics": (list,),
+    },
+)
 #: The crash-safe controller checkpoint in a job's output folder, rewritten after every round.
 STATE_FILE = "controller_state.pt"
 
@@ -405,39 +422,61 @@ def run_tuning(
     if cfg.tuner.warm_start and resume is None:
         warm_note = _warm_start(cfg.tuner.warm_start, agent, shield)
 
+    try:  # a folder that cannot hold the run is refused before any MLflow run is opened
+        Path(cfg.tuner.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"tuner.output_dir {cfg.tuner.output_dir!r} cannot hold the run: "
+            f"{exc.strerror or exc}; point it at a writable folder"
+        ) from None
     tracker = Tracker(cfg, __version__)
-    if resume is None:
-        tracker.start()
-        # Without MLflow, a time stamp plus a random suffix: two jobs started in the same
-        # second must never share (and overwrite) a folder.
-        run_label = tracker.parent_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
-    else:
+    lock: RunLock | None = None
+    if resume is not None:  # one process per run, before anything is logged again
         run_label = resume["run_label"]
-        if resume["parent_run_id"]:
-            tracker.attach(resume["parent_run_id"], resumed=True)
-    out_dir = Path(cfg.tuner.output_dir) / run_label
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Always printed (it must survive a SIGKILL of a job that shows no progress bar).
-    where = (
-        ""
-        if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR
-        else f" --set tuner.output_dir={shlex.quote(cfg.tuner.output_dir)}"
-    )
-    print(
-        f"run {run_label}: state saved after every step; if interrupted, continue with "
-        f"shieldtune tune --resume {run_label}{where}",
-        file=sys.stderr,
-        flush=True,
-    )
-
+        run_dir = Path(cfg.tuner.output_dir) / run_label
+        try:  # a retried pipeline task resumes from MLflow on a fresh disk
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {str(run_dir)!r}: {exc.strerror or exc}") from None
+        lock = RunLock(run_dir, run_label).acquire()
     n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
     slots: list[_Slot] = []
     job = _JobState()
     controller = _Timer()
     total_steps = cfg.tuner.episodes * cfg.env.steps_per_episode
-    bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
     status = "FAILED"
+    state_file: Path | None = None
+    bar = None
     try:
+        if resume is None:
+            tracker.start()
+            # Without MLflow, a time stamp plus a random suffix: two jobs started in the
+            # same second must never share (and overwrite) a folder.
+            run_label = tracker.parent_id or (
+                f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+            )
+        elif resume["parent_run_id"]:
+            tracker.attach(resume["parent_run_id"], resumed=True)
+        out_dir = Path(cfg.tuner.output_dir) / run_label
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {str(out_dir)!r}: {exc.strerror or exc}") from None
+        if lock is None:
+            lock = RunLock(out_dir, run_label).acquire()
+        # Always printed (it must survive a SIGKILL of a job that shows no progress bar).
+        where = (
+            ""
+            if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR
+            else f" --set tuner.output_dir={shlex.quote(cfg.tuner.output_dir)}"
+        )
+        hint = f"shieldtune tune --resume {run_label}{where}"
+        print(
+            f"run {run_label}: state saved after every step; if interrupted, continue with {hint}",
+            file=sys.stderr,
+            flush=True,
+        )
+        bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
         if executor is None:
             executor = make_executor(cfg, data, tracker.parent_id)
         slots = [_Slot(i, HyperparamEnv(cfg, executor)) for i in range(n_envs)]
@@ -464,19 +503,30 @@ def run_tuning(
                 },
                 out_dir / STATE_FILE,
             )
+            nonlocal state_file
+            state_file = out_dir / STATE_FILE
             if cfg.tuner.checkpoint_to_mlflow:
                 tracker.log_artifact(out_dir / STATE_FILE, CONTROLLER_ARTIFACTS)
             tracker.send(pending)
 
         if resume is not None:
-            agent.restore(resume["agent"])
-            shield.restore(resume["shield"])
-            for slot, snap in zip(slots, resume["slots"], strict=True):
-                slot.restore(snap)
-            job = _JobState.restore(resume["job"])
-            torch.set_rng_state(resume["torch_rng"])
+            try:
+                agent.restore(resume["agent"])
+                shield.restore(resume["shield"])
+                for slot, snap in zip(slots, resume["slots"], strict=True):
+                    slot.restore(snap)
+                job = _JobState.restore(resume["job"])
+                torch.set_rng_state(resume["torch_rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+                raise CheckpointError(
+                    f"the saved state of run {run_label} is incomplete or from another version "
+                    f"({type(exc).__name__}: {first_line(exc, 120)}); it cannot be resumed"
+                ) from None
             tracker.send(resume["pending_metrics"], dedupe=True)
             bar.update(job.global_step)
+        else:  # resumable from its very first step: a kill before step 1 loses nothing
+            job.warm_start = warm_note
+            checkpoint()
 
         # Each round hands one request per slot to the executor: a fresh model for a slot
         # starting its next episode, the next segment for a slot inside one.
@@ -553,7 +603,7 @@ def run_tuning(
             num_envs=n_envs,
             executor=cfg.tuner.executor,
             stop_reason=job.stop_reason,
-            warm_start=warm_note if resume is None else "resumed",
+            warm_start=job.warm_start,
             wall_seconds=job.wall_before + time.perf_counter() - start,
             controller_seconds=job.controller_before + controller.seconds,
         )
@@ -571,11 +621,23 @@ def run_tuning(
         )
         status = "FINISHED"
         return result
+    except StorageError as exc:
+        if state_file is None:
+            raise
+        raise StorageError(
+            f"{exc}; the state up to the last completed step is saved: after freeing space, "
+            f"continue with {hint}"
+        ) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if executor is not None:
             executor.close()
-        tracker.finish(status)
+        try:
+            tracker.finish(status)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _warm_start(source: str, agent: DQNAgent, shield: SafetyShield) -> str:

@@ -21,12 +21,33 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from shieldtune.checkpoint import atomic_save, safe_load
+from shieldtune.checkpoint import atomic_save, register_kind, safe_load
 from shieldtune.errors import CheckpointError, ConfigError, StepFailedError, first_line
 from shieldtune.training.step import StepRequest, StepResult, TrainState
 
-REQUEST_KIND = "shieldtune.step-request/v1"
-RESULT_KIND = "shieldtune.step-result/v1"
+REQUEST_KIND = register_kind(
+    "shieldtune.step-request/v1",
+    {
+        "config": (dict,),
+        "model": (dict, type(None)),
+        "optimizer": (dict, type(None)),
+        "hyperparameters": (dict,),
+        "budget_samples": (int,),
+        "seed": (int,),
+    },
+)
+RESULT_KIND = register_kind(
+    "shieldtune.step-result/v1",
+    {
+        "model": (dict,),
+        "optimizer": (dict,),
+        "metrics": (dict,),
+        "diverged": (bool,),
+        "samples": (int,),
+        "train_seconds": (float, int),
+        "eval_seconds": (float, int),
+    },
+)
 REQUEST_FILE = "request.pt"
 RESULT_FILE = "result.pt"
 
@@ -46,6 +67,11 @@ def request_payload(request: StepRequest, config: dict[str, Any]) -> dict[str, A
 
 def request_from_payload(obj: dict[str, Any]) -> tuple[StepRequest, dict[str, Any]]:
     """The request and the job config it carries."""
+    if not 0 <= obj["seed"] < 2**31 or obj["budget_samples"] < 0:
+        raise CheckpointError(
+            f"step request has seed {obj['seed']} / budget {obj['budget_samples']}; the seed "
+            "must be in [0, 2**31) and the budget >= 0"
+        )
     state = None if obj["model"] is None else TrainState(obj["model"], obj["optimizer"] or {})
     request = StepRequest(
         state, dict(obj["hyperparameters"]), int(obj["budget_samples"]), int(obj["seed"])

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from shieldtune.checkpoint import (
     MODEL_KIND,
     atomic_save,
+    register_kind,
     safe_load,
     save_model_checkpoint,
 )
@@ -36,7 +37,9 @@ from shieldtune.tracking.tracker import Tracker, download_policy, log_to_run, se
 from shieldtune.training.device import resolve_device
 from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
 
-SPLITS_KIND = "shieldtune.splits/v1"
+SPLITS_KIND = register_kind(
+    "shieldtune.splits/v1", {"train": (dict,), "val": (dict,), "test": (dict,)}
+)
 #: In-memory splits up to this size travel as a KFP artifact; larger ones, and streamed
 #: datasets, are passed by reference (each stage reloads them through the task).
 INLINE_LIMIT_BYTES = 256 * 2**20

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -119,8 +120,22 @@ class Tracker:
         """Open the job's parent run (one clear error if the tracking server is unreachable)."""
         if not self.enabled:
             return
-        self._connect()
-        _retrying(self._open_parent, self.uri, START_HINT)
+        for attempt in range(STORE_INIT_ATTEMPTS):
+            try:
+                self._connect()
+                _retrying(self._open_parent, self.uri, START_HINT)
+                return
+            except Exception as exc:
+                # Two jobs creating one new sqlite store at once: the loser's schema setup
+                # fails with "table ... already exists"; the store is fine a moment later.
+                if "already exists" not in str(exc) or attempt == STORE_INIT_ATTEMPTS - 1:
+                    if isinstance(exc, TrackingError):
+                        raise
+                    raise TrackingError(
+                        f"MLflow at {redact(self.uri)} cannot be opened "
+                        f"({type(exc).__name__}: {redact(first_line(exc))}); {START_HINT}"
+                    ) from None
+                time.sleep(0.5 * (attempt + 1))
 
     def _call(self, call: Callable[[], T]) -> T:
         """``call()`` with :func:`_retrying`'s one-line error, naming the run to resume."""
@@ -332,6 +347,8 @@ RESUME_HINT = (
     "the job's state up to the last completed step is saved: resume it with "
     "shieldtune tune --resume RUN_ID"
 )
+#: Tries to open a store another job may be creating at the same moment.
+STORE_INIT_ATTEMPTS = 5
 START_HINT = "check MLFLOW_TRACKING_URI and that the server runs, or set tracking.enabled=false"
 
 
