@@ -157,12 +157,14 @@ def test_nan_weights_count_as_divergence_not_a_crash(tiny_config):
     assert terminated and info["diverged"]
 
 
-def test_episode_truncates_after_configured_steps_and_tracks_budget():
+def test_episode_terminates_when_the_budget_is_spent_and_tracks_it():
+    """The budget's end is terminal (the observation carries budget progress), as the README
+    says; it was reported as ``truncated``."""
     env, _ = scripted_env([metrics(0.1)] + [metrics(0.5 + 0.1 * i) for i in range(3)])
     env.reset(seed=0)
     for i in range(3):
         obs, _, term, trunc, _ = env.step(env.space.keep_action)
-        assert trunc == (i == 2) and not term
+        assert term == (i == 2) and not trunc
     assert obs[-2] == pytest.approx(1.0)  # budget progress
     assert env.samples_used == 3 * env.cfg.training.segment_samples
 
