@@ -12,6 +12,7 @@ audit log, plots and a JSON summary, all tracked in MLflow.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 import sys
@@ -422,13 +423,7 @@ def run_tuning(
     if cfg.tuner.warm_start and resume is None:
         warm_note = _warm_start(cfg.tuner.warm_start, agent, shield)
 
-    try:  # a folder that cannot hold the run is refused before any MLflow run is opened
-        Path(cfg.tuner.output_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(
-            f"tuner.output_dir {cfg.tuner.output_dir!r} cannot hold the run: "
-            f"{exc.strerror or exc}; point it at a writable folder"
-        ) from None
+    _check_output_dir(Path(cfg.tuner.output_dir))
     tracker = Tracker(cfg, __version__)
     lock: RunLock | None = None
     if resume is not None:  # one process per run, before anything is logged again
@@ -638,6 +633,24 @@ def run_tuning(
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _check_output_dir(folder: Path) -> None:
+    """Refuse, before any MLflow run is opened and without creating anything, a
+    ``tuner.output_dir`` that cannot hold runs: a file, or below an unwritable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if existing.exists() and not existing.is_dir():
+        problem = f"{str(existing)!r} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{str(existing)!r} is not writable"
+    if problem:
+        raise StorageError(
+            f"tuner.output_dir {str(folder)!r} cannot hold the run: {problem}; point it at a "
+            "writable folder"
+        )
 
 
 def _warm_start(source: str, agent: DQNAgent, shield: SafetyShield) -> str:
