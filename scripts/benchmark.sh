@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install (first run only) and run the peer comparison; pass --quick for the < 15 min mode.
-# Example: bash scripts/benchmark.sh --quick --out results/quick
+# Install (first run only) and run the peer comparison; pass --quick for a smoke run.
+# Example: bash scripts/benchmark.sh --seeds 5 --out results/peers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
