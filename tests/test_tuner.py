@@ -181,3 +181,19 @@ def test_only_states_certified_safe_are_selected(tmp_path, tiny_data):
     )
     assert s.best["val_metrics"]["val_acc"] == 0.80
     assert (s.certified_safe_states, s.undecided_states) == (1, 1)
+
+
+def test_two_untracked_jobs_started_in_the_same_second_never_share_a_folder(
+    tmp_path, tiny_data, monkeypatch
+):
+    """Issue: without MLflow the folder was runs/<YYYYMMDD-HHMMSS>; the second job silently
+    overwrote the first's summary, best model and state."""
+    from shieldtune.control import tuner
+
+    monkeypatch.setattr(tuner.time, "strftime", lambda _fmt: "20261130-120000")
+    cfg = tiny(tmp_path, tuner={"episodes": 1, "test_report": False})
+    a = run_tuning(cfg, data=tiny_data)
+    b = run_tuning(cfg, data=tiny_data)
+    assert a.output_dir != b.output_dir
+    assert Path(a.output_dir).name.startswith("20261130-120000-")
+    assert (Path(a.output_dir) / "summary.json").is_file()
