@@ -267,3 +267,30 @@ def test_an_unwritable_output_dir_is_one_line_before_any_mlflow_run(tmp_path, ca
     assert main([*argv, "--set", "tracking.enabled=false"]) == 2
     err = capsys.readouterr().err
     assert "cannot hold the run" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_full_disk_is_one_line_with_the_resume_command_and_the_mlflow_run_failed(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from shieldtune import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real, writes = checkpoint._write, []
+
+    def disk_fills_up(data, path):
+        writes.append(path)
+        if len(writes) > 4:  # the first state files fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(data, path)
+
+    monkeypatch.setattr(checkpoint, "_write", disk_fills_up)
+    assert main(["tune", *tiny_cli_args("tracking.log_model=false")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "No space left on device" in err[0], err
+    assert "shieldtune tune --resume" in err[0]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("shieldtune").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)

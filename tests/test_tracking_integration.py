@@ -26,7 +26,7 @@ from shieldtune.config import Config, config_from_dict, flatten
 from shieldtune.control.tuner import TuningSummary, run_tuning
 from shieldtune.tracking.tracker import CHAMPION_ALIAS
 
-from .conftest import tiny_dict
+from .conftest import tiny_cli_args, tiny_dict
 from .mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -350,3 +350,33 @@ def test_a_store_another_job_is_creating_at_the_same_moment_is_retried_not_a_tra
         assert t.parent_id and len(calls) == 2
     finally:
         t.finish()
+
+
+def test_a_password_in_the_tracking_uri_appears_nowhere_the_job_writes_or_prints(
+    mlflow_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """Issue: with ``MLFLOW_TRACKING_URI=http://user:PASS@host`` the password reached
+    summary.json (``tracking_uri``), the MLflow artifact copy of it and stdout."""
+    canary = "CANARY-uri-pass-93f1"
+    uri = mlflow_server.uri.replace("http://", f"http://alice:{canary}@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out_dir = tmp_path / "runs"
+    args = tiny_cli_args("tuner.episodes=1", f"tuner.output_dir={out_dir}")
+    assert cli.main(["tune", *args]) == 0
+    printed = capfd.readouterr()
+    summary_path = next(out_dir.glob("*/summary.json"))
+    summary = json.loads(summary_path.read_text())
+    assert summary["tracking_uri"].startswith("http://alice:***@")
+    local = mlflow.artifacts.download_artifacts(
+        run_id=summary["mlflow_run_id"], artifact_path="summary.json", dst_path=str(tmp_path / "a")
+    )
+    texts = {"stdout": printed.out, "stderr": printed.err, "artifact": Path(local).read_text()}
+    texts |= {
+        str(p): p.read_text(errors="replace")
+        for p in out_dir.rglob("*")
+        if p.suffix in (".json", ".jsonl", ".yaml")
+    }
+    leaks = [
+        line for where, text in texts.items() for line in text.splitlines() if canary in line
+    ]
+    assert leaks == []

@@ -140,6 +140,10 @@ class HyperparamEnv(gym.Env):
             self._executor = LocalStepExecutor(StepRunner.from_config(self.cfg))
         return self._executor
 
+    def attach_executor(self, executor: StepExecutor) -> None:
+        """Hand the environment the executor its steps run on (the tuner starts it late)."""
+        self._executor = executor
+
     @property
     def episode_budget(self) -> int:
         return self.cfg.env.steps_per_episode * self.cfg.training.segment_samples

@@ -459,21 +459,14 @@ def run_tuning(
             raise StorageError(f"cannot create {str(out_dir)!r}: {exc.strerror or exc}") from None
         if lock is None:
             lock = RunLock(out_dir, run_label).acquire()
-        # Always printed (it must survive a SIGKILL of a job that shows no progress bar).
         where = (
             ""
             if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR
             else f" --set tuner.output_dir={shlex.quote(cfg.tuner.output_dir)}"
         )
         hint = f"shieldtune tune --resume {run_label}{where}"
-        print(
-            f"run {run_label}: state saved after every step; if interrupted, continue with {hint}",
-            file=sys.stderr,
-            flush=True,
-        )
-        bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
-        if executor is None:
-            executor = make_executor(cfg, data, tracker.parent_id)
+        # The environments get their executor once the first state is saved (starting one
+        # can take seconds: loading data, spawning workers).
         slots = [_Slot(i, HyperparamEnv(cfg, executor)) for i in range(n_envs)]
 
         def checkpoint() -> None:
@@ -518,10 +511,22 @@ def run_tuning(
                     f"({type(exc).__name__}: {first_line(exc, 120)}); it cannot be resumed"
                 ) from None
             tracker.send(resume["pending_metrics"], dedupe=True)
-            bar.update(job.global_step)
-        else:  # resumable from its very first step: a kill before step 1 loses nothing
-            job.warm_start = warm_note
+        else:  # resumable from the moment its MLflow run exists: a kill before step 1 loses
+            job.warm_start = warm_note  # nothing and leaves nothing unresumable
             checkpoint()
+        # Printed once the run can be resumed, always (it must survive a SIGKILL of a job that
+        # shows no progress bar).
+        print(
+            f"run {run_label}: state saved after every step; if interrupted, continue with {hint}",
+            file=sys.stderr,
+            flush=True,
+        )
+        bar = tqdm(total=total_steps, desc="tuning", unit="step", disable=not cfg.tuner.progress)
+        bar.update(job.global_step)
+        if executor is None:
+            executor = make_executor(cfg, data, tracker.parent_id)
+        for slot in slots:
+            slot.env.attach_executor(executor)
 
         # Each round hands one request per slot to the executor: a fresh model for a slot
         # starting its next episode, the next segment for a slot inside one.

@@ -32,10 +32,12 @@ CHAMPION_ALIAS = "champion"
 KFP_RUN_TAG = "shieldtune.kfp_run_id"
 CONTROLLER_ARTIFACTS = "controller"
 _BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
+_SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 _TUNED_ENV = (
     _BUFFERING_ENV,
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    _SUPPRESS_URL_ENV,
 )
 
 
@@ -97,6 +99,10 @@ class Tracker:
         # Without a buffering interval MLflow's async worker polls its queue with a 1 s timeout,
         # so every end_run/flush waits up to 1 s for it to notice; with one it stops at once.
         os.environ.setdefault(_BUFFERING_ENV, "1")
+        if redact(self.uri) != self.uri:
+            # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends, with the
+            # URI's password in it.
+            os.environ[_SUPPRESS_URL_ENV] = "true"
         # MLflow's HTTP client retries with exponential backoff: bounded by the config, so an
         # unreachable server ends the job with a clear error instead of hanging.
         t = self.cfg.tracking
