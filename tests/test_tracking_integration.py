@@ -376,7 +376,5 @@ def test_a_password_in_the_tracking_uri_appears_nowhere_the_job_writes_or_prints
         for p in out_dir.rglob("*")
         if p.suffix in (".json", ".jsonl", ".yaml")
     }
-    leaks = [
-        line for where, text in texts.items() for line in text.splitlines() if canary in line
-    ]
+    leaks = [line for where, text in texts.items() for line in text.splitlines() if canary in line]
     assert leaks == []
