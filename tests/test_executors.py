@@ -79,6 +79,48 @@ def test_step_command_refuses_a_pickled_request_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({}, "has no 'config'"),
+        (
+            {
+                "config": {},
+                "model": None,
+                "optimizer": None,
+                "hyperparameters": {},
+                "budget_samples": 10,
+                "seed": 2**70,
+            },
+            "out of range",
+        ),
+        (
+            {
+                "config": {},
+                "model": None,
+                "optimizer": None,
+                "hyperparameters": {},
+                "budget_samples": 10,
+                "seed": 2**40,
+            },
+            "the seed must be in [0, 2**31)",
+        ),
+    ],
+)
+def test_a_well_formed_step_request_with_wrong_contents_is_one_line(
+    payload, message, tmp_path, capsys
+):
+    """Issue: a request missing keys, or with a seed of 2**70, ended in a KeyError or
+    ValueError traceback."""
+    from shieldtune.checkpoint import atomic_save
+    from shieldtune.executors.step_files import REQUEST_KIND
+
+    atomic_save({"kind": REQUEST_KIND, **payload}, tmp_path / "s1" / REQUEST_FILE)
+    assert main(["step", "--store", f"dir:{tmp_path}", "--step-id", "s1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--store", "s3://bucket", "--step-id", "a"], "must be dir:/PATH or mlflow:RUN_ID"),

@@ -378,3 +378,33 @@ def test_a_password_in_the_tracking_uri_appears_nowhere_the_job_writes_or_prints
     }
     leaks = [line for where, text in texts.items() for line in text.splitlines() if canary in line]
     assert leaks == []
+
+
+def test_a_server_failure_while_logging_the_model_is_one_line_naming_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: MLflow down during ``log_model`` gave a 246-line traceback (it was not behind the
+    retry wrapper)."""
+    from mlflow.exceptions import MlflowException
+
+    from shieldtune.config import config_from_dict
+    from shieldtune.errors import TrackingError
+    from shieldtune.tracking import tracker as tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    t = tracking.Tracker(config_from_dict({}), "test")
+    t.start()
+
+    def down(*_args, **_kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/model-versions failed")
+
+    monkeypatch.setattr(tracking.mlflow.pytorch, "log_model", down)
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    try:
+        with pytest.raises(TrackingError) as err:
+            t.log_model(model, tmp_path / "x.pt", torch.zeros(1, 2), True, {"test_acc": 1.0})
+    finally:
+        t.finish("FAILED")
+    assert "\n" not in str(err.value) and f"--resume {t.parent_id}" in str(err.value)
