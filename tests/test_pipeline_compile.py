@@ -160,3 +160,25 @@ def test_compiled_yaml_holds_no_credentials(path):
     text = path.read_text()
     for pattern in SECRET_PATTERNS:
         assert not pattern.search(text), (path, pattern.pattern)
+
+
+def test_count_and_executor_parameters_default_to_the_config_json_values():
+    """Issue: the tune task's explicit parameters (defaults 6, 8, 1, "local") overrode
+    config_json, so e.g. an executor or episode count set there never reached the task."""
+    from shieldtune.pipeline.stages import pipeline_config
+
+    keys = ("episodes", "steps_per_episode", "num_envs", "executor")
+    for name in ("tuning_pipeline", "retune_pipeline"):
+        params = _pipeline(name)["root"]["inputDefinitions"]["parameters"]
+        assert [params[k]["defaultValue"] for k in keys] == [0, 0, 0, ""]  # "as in config_json"
+    given = '{"tuner": {"episodes": 3, "executor": "process", "num_envs": 2}}'
+    unset = {
+        "tuner.episodes": 0,
+        "tuner.num_envs": 0,
+        "tuner.executor": "",
+        "env.steps_per_episode": 0,
+    }
+    cfg = pipeline_config(given, unset, keep_zero=False)
+    assert (cfg.tuner.episodes, cfg.tuner.executor, cfg.tuner.num_envs) == (3, "process", 2)
+    cfg = pipeline_config(given, {**unset, "tuner.episodes": 5}, keep_zero=False)
+    assert cfg.tuner.episodes == 5

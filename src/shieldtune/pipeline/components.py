@@ -87,6 +87,7 @@ def tune(
             "tuner.num_envs": num_envs,
             "tuner.executor": executor,
         },
+        keep_zero=False,
     )
     summary = tune(cfg, load_prepared(Path(dataset.path), cfg), warm_start, warm_start_model_uri)
     shutil.copyfile(Path(summary["output_dir"]) / "agent.pt", policy.path)

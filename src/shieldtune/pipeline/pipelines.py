@@ -175,12 +175,12 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         task_entry_point: str = "",
         task_kwargs_json: str = "",
         data_root: str = "",
-        episodes: int = 6,
-        steps_per_episode: int = 8,
+        episodes: int = 0,
+        steps_per_episode: int = 0,
         search_space_json: str = "",
         constraints_json: str = "",
-        num_envs: int = 1,
-        executor: str = "local",
+        num_envs: int = 0,
+        executor: str = "",
     ) -> None:
         graph(
             config_json,
@@ -207,12 +207,12 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         task_entry_point: str = "",
         task_kwargs_json: str = "",
         data_root: str = "",
-        episodes: int = 6,
-        steps_per_episode: int = 8,
+        episodes: int = 0,
+        steps_per_episode: int = 0,
         search_space_json: str = "",
         constraints_json: str = "",
-        num_envs: int = 1,
-        executor: str = "local",
+        num_envs: int = 0,
+        executor: str = "",
         champion_model_uri: str = "",
     ) -> None:
         graph(

@@ -46,8 +46,10 @@ INLINE_LIMIT_BYTES = 256 * 2**20
 _SPLITS = ("train", "val", "test")
 
 
-def pipeline_config(config_json: str, overrides: dict[str, Any]) -> Config:
-    """A config from a JSON string plus explicit pipeline parameters (empty ones skipped)."""
+def pipeline_config(config_json: str, overrides: dict[str, Any], keep_zero: bool = True) -> Config:
+    """A config from a JSON string plus explicit pipeline parameters. Empty parameters (and,
+    with ``keep_zero=False``, zeros: the pipelines' "as in config_json" for counts) are
+    skipped, so every key of ``config_json`` reaches the tasks unless a parameter sets it."""
     try:
         raw = json.loads(config_json) if config_json.strip() else {}
     except json.JSONDecodeError as exc:
@@ -55,7 +57,7 @@ def pipeline_config(config_json: str, overrides: dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("config_json must be a JSON object of config sections")
     for key, value in overrides.items():
-        if value in ("", None):
+        if value in ("", None) or (not keep_zero and value == 0 and not isinstance(value, bool)):
             continue
         apply_override(raw, f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
     return config_from_dict(raw)
