@@ -105,6 +105,11 @@ Simplifications, on purpose:
 * No ``watch`` (400: poll instead), no pagination (``limit``/``continue`` ignored), no
   PATCH/PUT; ``resourceVersion`` is a global counter; ``follow`` on logs returns what is
   there now; ``previous`` logs never exist.
+* The pod log is one file that the process's stdout *and* stderr write to (the same open
+  file, ``stderr=STDOUT``), like a container runtime's log stream, so its order is exactly
+  the order of the process's writes, never a race between two pipes. Mind the child's own
+  buffering: Python block-buffers stdout written to a file (unless ``PYTHONUNBUFFERED`` is
+  set) but line-buffers stderr, so without ``flush=True`` stderr lines come first.
 
 A client quirk worth knowing (the real server triggers it too): ``kubernetes`` 30.1's
 ``read_namespaced_pod_log`` runs ``json.loads`` on the body first, so a log that happens to be

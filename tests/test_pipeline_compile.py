@@ -56,21 +56,36 @@ def _tasks(spec: dict) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
-def test_caching_only_for_data_prep_and_every_task_retries(name):
+def test_caching_only_for_data_prep_and_only_tasks_with_transient_faults_retry(name):
+    """Issue: a user error in prepare_data was retried twice (30 s, 60 s) like a transient
+    fault. User errors now surface in check_inputs, and no_feasible_schedule is final: neither
+    retries; the others retry (MLflow, the cluster, a pod eviction)."""
     tasks = _tasks(_pipeline(name))
-    assert {
-        t["componentRef"]["name"].removeprefix("comp-").rstrip("-2") for t in tasks.values()
-    } >= {"prepare-data", "tune", "train-final", "evaluate-safety", "register-model"}
+    names = {t["componentRef"]["name"].removeprefix("comp-") for t in tasks.values()}
+    assert names >= {
+        "check-inputs",
+        "prepare-data",
+        "tune",
+        "no-feasible-schedule",
+        "train-final",
+        "evaluate-safety",
+        "register-model",
+    }
     for task_name, task in tasks.items():
         if task_name.startswith("condition"):
             continue
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         assert cached == (task_name == "prepare-data"), task_name
-        assert task["retryPolicy"]["maxRetryCount"] == 2, task_name
+        if task_name in ("check-inputs", "no-feasible-schedule"):
+            assert "retryPolicy" not in task, task_name
+        else:
+            assert task["retryPolicy"]["maxRetryCount"] == 2, task_name
 
 
 @pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
-def test_resources_and_mlflow_secret_are_set_per_task(name):
+def test_resources_are_set_per_task_and_mlflow_is_required_where_tasks_log(name):
+    """Issue: the shieldtune-mlflow Secret was optional, so a pod without it logged into
+    sqlite on its own disk and lost the results. MLFLOW_TRACKING_URI is now required."""
     spec = _pipeline(name)
     docs = _documents(name)
     executors = spec["deploymentSpec"]["executors"]
@@ -80,15 +95,20 @@ def test_resources_and_mlflow_secret_are_set_per_task(name):
         assert ex["container"]["image"] == "shieldtune:0.1.0-cpu"
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for exec_name in executors:
-        if exec_name == "exec-prepare-data":
+        if exec_name in ("exec-check-inputs", "exec-prepare-data"):
+            assert "secretAsEnv" not in platform[exec_name], exec_name
             continue
-        secret = platform[exec_name]["secretAsEnv"][0]
-        assert secret["secretName"] == "shieldtune-mlflow"
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {
-            "MLFLOW_TRACKING_URI",
-            "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD",
+        refs = {
+            k["envVar"]: s.get("optional", False)
+            for s in platform[exec_name]["secretAsEnv"]
+            for k in s["keyToEnv"]
+            if s["secretName"] == "shieldtune-mlflow"
         }
+        assert refs == {
+            "MLFLOW_TRACKING_URI": False,
+            "MLFLOW_TRACKING_USERNAME": True,
+            "MLFLOW_TRACKING_PASSWORD": True,
+        }, exec_name
 
 
 @pytest.mark.parametrize("name", ["tuning_pipeline", "retune_pipeline"])
@@ -120,29 +140,37 @@ def test_pipelines_take_the_task_and_the_data_location_as_parameters():
         params = _pipeline(name)["root"]["inputDefinitions"]["parameters"]
         for key in ("task_entry_point", "task_kwargs_json", "data_root"):
             assert params[key]["defaultValue"] == "", (name, key)
-        prepare = _pipeline(name)["root"]["dag"]["tasks"]["prepare-data"]["inputs"]["parameters"]
-        assert prepare["task_entry_point"]["componentInputParameter"] == "task_entry_point"
-        # Every later stage reads the config prepare_data resolved.
-        tune = _pipeline(name)["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]
-        assert tune["config_json"]["taskOutputParameter"]["producerTask"] == "prepare-data"
+        tasks = _pipeline(name)["root"]["dag"]["tasks"]
+        check = tasks["check-inputs"]["inputs"]["parameters"]
+        assert check["task_entry_point"]["componentInputParameter"] == "task_entry_point"
+        # Every later stage reads the config check_inputs resolved.
+        for later in ("prepare-data", "tune"):
+            given = tasks[later]["inputs"]["parameters"]["config_json"]
+            assert given["taskOutputParameter"]["producerTask"] == "check-inputs", later
 
 
-def test_safety_gate_sets_champion_only_in_the_passing_branch():
+def test_safety_gate_and_promotion_are_decided_in_register_model_and_infeasible_fails():
     spec = _pipeline("tuning_pipeline")
-    gates = {}
+    placed = {}
     for comp_name, comp in spec["components"].items():
         for task in comp.get("dag", {}).get("tasks", {}).values():
-            if task["componentRef"]["name"].startswith("comp-register-model"):
-                flag = task["inputs"]["parameters"]["set_champion"]["runtimeValue"]["constant"]
-                gates[comp_name] = flag
-    assert sorted(gates.values()) == [False, True]
-    conditions = [
-        t["triggerPolicy"]["condition"]
-        for comp in spec["components"].values()
-        for t in comp.get("dag", {}).get("tasks", {}).values()
-        if "triggerPolicy" in t
-    ]
-    assert any("evaluate-safety" in c and "== true" in c for c in conditions)
+            placed[task["componentRef"]["name"]] = comp_name
+    assert placed["comp-register-model"] == "comp-condition-2"
+    assert placed["comp-no-feasible-schedule"] == "comp-condition-3"
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = {name: t["triggerPolicy"]["condition"] for name, t in branches.items()}
+    assert "tune" in conditions["condition-2"] and "== true" in conditions["condition-2"]
+    assert "!(" in conditions["condition-3"]
+
+
+def test_component_inputs_carry_descriptions():
+    """Issue: the reusable components carried no description of their inputs."""
+    for name in COMPONENT_NAMES:
+        spec = yaml.safe_load((REPO / "components" / name / "component.yaml").read_text())
+        params = spec["root"]["inputDefinitions"].get("parameters", {})
+        artifacts = spec["root"]["inputDefinitions"].get("artifacts", {})
+        for key, item in {**params, **artifacts}.items():
+            assert item.get("description"), (name, key)
 
 
 SECRET_PATTERNS = [
@@ -171,6 +199,10 @@ def test_count_and_executor_parameters_default_to_the_config_json_values():
     for name in ("tuning_pipeline", "retune_pipeline"):
         params = _pipeline(name)["root"]["inputDefinitions"]["parameters"]
         assert [params[k]["defaultValue"] for k in keys] == [0, 0, 0, ""]  # "as in config_json"
+        # Issue: integer defaults rendered as "6.0"; they are written as integers.
+        text = (REPO / "pipelines" / f"{name}.yaml").read_text()
+        assert "episodes: int [Default: 0]" in text
+        assert not re.search(r"defaultValue: -?\d+\.0\n", text)
     given = '{"tuner": {"episodes": 3, "executor": "process", "num_envs": 2}}'
     unset = {
         "tuner.episodes": 0,

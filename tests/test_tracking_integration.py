@@ -183,11 +183,18 @@ def _assert_registry_matches_summary(
     assert (CHAMPION_ALIAS in aliases) == passed, aliases
     if passed:
         assert aliases[CHAMPION_ALIAS] == mv.version
-    assert summary.registered_model == {
-        "name": name,
-        "version": mv.version,
-        "alias": CHAMPION_ALIAS if passed else None,
-    }
+    registered = summary.registered_model
+    assert (registered["name"], registered["version"]) == (name, mv.version)
+    assert registered["alias"] == (CHAMPION_ALIAS if passed else None)
+    assert registered["promoted"] == passed
+    assert mv.tags["promoted"] == str(passed).lower()
+    assert mv.tags["promotion_reason"] == registered["reason"]
+    # The model card is the version's description and an artifact of the run.
+    assert mv.description == registered["card"]
+    assert f"# {name} v{mv.version}" in mv.description
+    assert "## Constraints (test split)" in mv.description
+    assert "## Unsafe segments during tuning" in mv.description
+    assert registered["reason"] in mv.description
 
 
 # --------------------------------------------------------------------------- tests
@@ -246,7 +253,9 @@ def test_each_episode_is_a_nested_run_with_per_step_metric_history(
     assert len(records) == cfg.tuner.episodes * steps
     q_loss_points = 0
     for episode, run in by_episode.items():
-        assert run.info.run_name == f"episode-{episode:03d}"
+        # Named after the job, so episode runs of different jobs never share a name.
+        parent_name = client.get_run(parent_id).info.run_name
+        assert run.info.run_name == f"{parent_name}/episode-{episode:03d}"
         assert run.info.status == "FINISHED"
         assert set(STEP_METRICS) <= set(run.data.metrics), sorted(run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "val_acc")
@@ -402,9 +411,99 @@ def test_a_server_failure_while_logging_the_model_is_one_line_naming_the_run(
     import torch
 
     model = torch.nn.Linear(2, 2)
+    report = {"test_acc": 1.0, "constraints_satisfied": 1.0}
     try:
         with pytest.raises(TrackingError) as err:
-            t.log_model(model, tmp_path / "x.pt", torch.zeros(1, 2), True, {"test_acc": 1.0})
+            t.publish(model, tmp_path / "x.pt", torch.zeros(1, 2), report, lambda _: report, {})
     finally:
         t.finish("FAILED")
     assert "\n" not in str(err.value) and f"--resume {t.parent_id}" in str(err.value)
+
+
+def test_parent_run_is_named_after_the_job_and_says_what_was_tuned_the_spec_and_the_outcome(
+    mlflow_server: Server, champion_job: Job
+) -> None:
+    """Issue: what was tuned was buried in 90 params, the outcome was a bare tag, and runs
+    of different jobs shared names."""
+    parent = MlflowClient(mlflow_server.uri).get_run(champion_job.summary.mlflow_run_id)
+    tags = parent.data.tags
+    assert parent.info.run_name.startswith("tune-mnist-cnn-")
+    assert tags["shieldtune.task"] == "mnist-cnn"
+    assert tags["shieldtune.search_space"].startswith("learning_rate [0.003, 0.8] log")
+    assert tags["shieldtune.spec"] == "mia_advantage <= 0.9 (confidence 0.95)"
+    registered = champion_job.summary.registered_model
+    outcome = f"{registered['name']} v{registered['version']} promoted to @champion"
+    assert tags["shieldtune.outcome"] == outcome
+    note = tags["mlflow.note.content"]
+    assert "**Tuned:** learning_rate" in note and "**Spec:** mia_advantage" in note
+    assert f"**{outcome}**" in note.split("## Outcome")[1]
+
+
+def test_splits_are_logged_as_dataset_inputs_and_the_shield_audit_as_a_table(
+    mlflow_server: Server, champion_job: Job, tmp_path: Path
+) -> None:
+    """Issue: the run page showed "Datasets: None" and the audit only as raw JSONL."""
+    client = MlflowClient(mlflow_server.uri)
+    run_id = champion_job.summary.mlflow_run_id
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    got = {
+        d.dataset.name: ({t.key: t.value for t in d.tags}["mlflow.data.context"], d.dataset)
+        for d in inputs
+    }
+    assert {k: v[0] for k, v in got.items()} == {
+        "mnist-cnn-train": "training",
+        "mnist-cnn-val": "validation",
+        "mnist-cnn-test": "testing",
+    }
+    assert json.loads(got["mnist-cnn-test"][1].profile)["targets_shape"] == [300]
+    steps = champion_job.summary.steps_run
+    table = json.loads(_read_artifact(client, run_id, "shield_audit_table.json", tmp_path))
+    assert table["columns"][:3] == ["global_step", "episode", "step"]
+    assert len(table["data"]) == steps
+    page = _read_artifact(client, run_id, "shield_audit.html", tmp_path)
+    assert page.count("<tr") == steps + 1  # the header and one row per step
+    card = _read_artifact(client, run_id, "model_card.md", tmp_path)
+    assert card == champion_job.summary.registered_model["card"]
+
+
+def test_a_challenger_is_compared_with_the_champion_and_registering_again_adds_no_version(
+    mlflow_server: Server, tmp_path: Path
+) -> None:
+    """Issue: a retried registration could add a second version, and @champion moved to any
+    version past the gate without comparing it with the current champion."""
+    from shieldtune.tasks.checker import load_task_data
+    from shieldtune.tasks.registry import make_task
+    from shieldtune.tracking.publish import publish_checkpoint
+    from shieldtune.tracking.tracker import Tracker
+
+    client = MlflowClient(mlflow_server.uri)
+    cfg = _tiny_job_config(tmp_path, EASY_SPEC, training={"segment_samples": 600})
+    name = cfg.tracking.registered_model_name
+    first = _run_job(mlflow_server, cfg).summary
+    assert first.registered_model["reason"] == "passed the safety gate; there was no champion"
+    cfg.tuner.seed += 1  # another challenger
+    second = _run_job(mlflow_server, cfg).summary
+    mine = second.registered_model
+    assert mine["previous_champion"] == first.registered_model["version"]
+    # The champion re-measured on the challenger's split and spec: same model, same samples,
+    # same attacks as its own job's report.
+    champion_acc = mine["champion_report"]["test_acc"]
+    assert champion_acc == pytest.approx(first.test_metrics["test_acc"])
+    promoted = second.test_metrics["test_acc"] >= champion_acc
+    assert mine["promoted"] == promoted, mine["reason"]
+    assert f"champion v{first.registered_model['version']}" in mine["reason"]
+    alias = client.get_registered_model(name).aliases[CHAMPION_ALIAS]
+    assert alias == (mine["version"] if promoted else first.registered_model["version"])
+
+    # A retried register task: the same run publishes again and finds its version.
+    tracker = Tracker(cfg, shieldtune.__version__)
+    tracker.attach(second.mlflow_run_id)
+    try:
+        data = load_task_data(make_task(cfg.task), cfg.data)
+        again = publish_checkpoint(
+            tracker, cfg, data, Path(second.best["checkpoint"]), second.test_metrics, {}
+        )
+    finally:
+        tracker.finish()
+    assert again["version"] == mine["version"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 2

@@ -252,8 +252,7 @@ def _resumed_config(
 
 
 def _checkpoint_from_model_uri(uri: str) -> Path:
-    import mlflow
-
+    from shieldtune.tracking.registry import download_checkpoint
     from shieldtune.tracking.tracker import default_tracking_uri, redact
 
     if not uri.startswith("models:/"):
@@ -267,28 +266,23 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
             f"no MLflow store to resolve {uri} in: {store.removeprefix('sqlite:///')} does not "
             "exist; set MLFLOW_TRACKING_URI, or run where the tuning job ran"
         )
-    mlflow.set_tracking_uri(store)
+    print(f"downloading {uri} from {redact(store)}...", file=sys.stderr, flush=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except mlflow.exceptions.MlflowException as exc:
+        return download_checkpoint(uri, store)
+    except CheckpointError as exc:
         raise CheckpointError(
-            f"cannot resolve {uri} in the MLflow store {redact(default_tracking_uri())}: "
-            f"{redact(str(exc).splitlines()[0])}; set MLFLOW_TRACKING_URI to the store that "
-            "holds it"
+            f"{redact(str(exc))} (MLflow store {redact(store)}); set MLFLOW_TRACKING_URI to the "
+            "store that holds it"
         ) from None
-    found = sorted(local.rglob("best_model.pt"))
-    if not found:
-        raise CheckpointError(f"{uri} carries no best_model.pt; it was not logged by shieldtune")
-    return found[0]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.config import apply_override, config_from_dict, load_config
-    from shieldtune.pipeline.stages import load_model
     from shieldtune.safety.suite import test_report
     from shieldtune.tasks.checker import load_task_data
     from shieldtune.tasks.registry import make_task
     from shieldtune.training.device import resolve_device
+    from shieldtune.training.step import load_model
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
@@ -363,6 +357,12 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
     from shieldtune.control.env import HyperparamEnv
 
     env = HyperparamEnv(load_config(args.config, args.overrides))
+    print(
+        "running gymnasium's check_env: it resets and steps the env, and every step trains "
+        "and attacks the model for one segment...",
+        file=sys.stderr,
+        flush=True,
+    )
     check_env(env, skip_render_check=True)
     print(
         f"shieldtune/Hyperparam-v0 passes gymnasium's check_env: "

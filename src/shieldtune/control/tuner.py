@@ -44,11 +44,11 @@ from shieldtune.executors.factory import make_executor
 from shieldtune.runlock import RunLock
 from shieldtune.safety.stats import Decision
 from shieldtune.safety.suite import test_report
-from shieldtune.tasks.batches import first_inputs
 from shieldtune.tasks.checker import check_model, load_task_data
 from shieldtune.tasks.contract import TaskData
 from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.plots import plot_steps
+from shieldtune.tracking.publish import publish_checkpoint
 from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker, redact
 from shieldtune.training.device import resolve_device
 from shieldtune.training.step import StepResult, build_model
@@ -115,6 +115,11 @@ class _Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds += time.perf_counter() - self._t
+
+
+def _note(message: str) -> None:
+    """A progress line on stderr for work that takes more than a few seconds."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _masked_detail(space, decision) -> list[dict[str, Any]]:
@@ -445,6 +450,7 @@ def run_tuning(
     try:
         if resume is None:
             tracker.start()
+            tracker.log_datasets(data, task.name)
             # Without MLflow, a time stamp plus a random suffix: two jobs started in the
             # same second must never share (and overwrite) a folder.
             run_label = tracker.parent_id or (
@@ -608,6 +614,7 @@ def run_tuning(
             controller_seconds=job.controller_before + controller.seconds,
         )
         result = TuningSummary(**summary)
+        result.registered_model = _publish(cfg, data, tracker, result)
         (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
         tracker.log_artifact(out_dir / "summary.json")
         tracker.log_parent(
@@ -617,6 +624,8 @@ def run_tuning(
                 "violations": float(job.violations),
                 "unsafe_segments": float(job.violations + job.warmup),
                 "unsafe_warmup_segments": float(job.warmup),
+                "steps_run": float(job.global_step),
+                "diverged_steps": float(job.diverged),
             }
         )
         status = "FINISHED"
@@ -697,6 +706,7 @@ def _finish(
     best: BestFeasible | None,
 ) -> dict[str, Any]:
     """Evaluate the best feasible checkpoint on test and write/log every artifact."""
+    _note(f"tuning done; writing the run's artifacts to {out_dir}")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with open(out_dir / "shield_audit.jsonl", "w") as fh:
         for entry in audit:
@@ -722,8 +732,9 @@ def _finish(
     ):
         if path is not None:
             tracker.log_artifact(path, folder)
+    tracker.log_audit(audit)
 
-    test_metrics = best_dict = registered = None
+    test_metrics = best_dict = None
     if best is not None:
         if cfg.tuner.test_report:
             task = make_task(cfg.task)
@@ -731,6 +742,10 @@ def _finish(
             model.load_state_dict(best.model_state)
             model.eval()
             device = resolve_device(cfg.training.device)
+            _note(
+                f"evaluating the best certified-safe checkpoint on the {len(data.test)}-sample "
+                "test split (accuracy, FGSM, PGD, membership inference)..."
+            )
             test_metrics = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
         best_dict = {
             "episode": best.episode,
@@ -741,7 +756,7 @@ def _finish(
             "schedule": best.schedule,
             "checkpoint": str(out_dir / "best_model.pt"),
         }
-        ckpt = save_model_checkpoint(
+        save_model_checkpoint(
             out_dir / "best_model.pt",
             best.model_state,
             cfg.to_dict(),
@@ -750,13 +765,6 @@ def _finish(
         )
         if test_metrics is not None:
             tracker.log_parent(with_test_prefix(test_metrics))
-            registered = tracker.log_model(
-                model,
-                ckpt,
-                first_inputs(data.test, 2),
-                bool(test_metrics["constraints_satisfied"]),
-                test_metrics,
-            )
     return {
         "feasible_found": best is not None,
         "constraints": list(cfg.safety.constraints),
@@ -765,8 +773,38 @@ def _finish(
         "output_dir": str(out_dir),
         "tracking_uri": redact(tracker.uri) if tracker.enabled else None,
         "mlflow_run_id": tracker.parent_id,
-        "registered_model": registered,
+        "registered_model": None,
     }
+
+
+def _publish(
+    cfg: Config, data: TaskData, tracker: Tracker, result: TuningSummary
+) -> dict[str, Any] | None:
+    """Register the chosen model and decide promotion (or record that nothing was found)."""
+    if result.best is None:
+        tracker.set_outcome(
+            "no feasible schedule",
+            f"no state was certified safe in {result.steps_run} steps; nothing was registered",
+        )
+        return None
+    if result.test_metrics is None:
+        return None
+    counts = {
+        k: float(getattr(result, k))
+        for k in ("steps_run", "unsafe_segments", "warmup_steps", "violations", "diverged_steps")
+    }
+    if tracker.enabled and cfg.tracking.log_model:
+        _note(
+            f"registering the model as {cfg.registered_model_name} and comparing it with the "
+            "current champion on the same test split..."
+        )
+    registered = publish_checkpoint(
+        tracker, cfg, data, Path(result.best["checkpoint"]), result.test_metrics, counts
+    )
+    if registered is None and tracker.enabled:
+        gate = "passed" if result.test_metrics["constraints_satisfied"] else "failed"
+        tracker.set_outcome(f"safety gate {gate}", "tracking.log_model is off: not registered")
+    return registered
 
 
 def with_test_prefix(metrics: dict[str, float]) -> dict[str, float]:

@@ -7,6 +7,9 @@ environment (``KFP_HOST``, ``KFP_NAMESPACE``, ``KFP_EXPERIMENT``,
 
 import argparse
 import json
+import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -92,17 +95,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         for path in compile_all(Path(args.output_dir), args.base_image):
             print(path)
         return 0
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # the config and its task are checked here
     params = pipeline_params(cfg, args.pipeline)
     if args.action == "run" and args.local:
-        from shieldtune.pipeline.local_run import run_local
-        from shieldtune.tracking.tracker import default_tracking_uri, redact, ui_hint
-
-        run_local(args.pipeline, params, Path(args.workdir))
-        print(f"pipeline {args.pipeline} finished; artifacts under {args.workdir}/local_outputs")
-        uri = default_tracking_uri()
-        print(f"MLflow: {redact(uri)}; browse: {ui_hint(uri)}")
-        return 0
+        return _run_local(args, cfg, params)
     from shieldtune.pipeline import remote
 
     target = remote.KfpTarget.from_env(args.host, args.namespace, args.token, args.experiment)
@@ -124,6 +120,61 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             )
             print(f"recurring run {rid} scheduled ({args.cron}, max_concurrency=1, no catch-up)")
     return 0
+
+
+def _run_local(args: argparse.Namespace, cfg: Config, params: dict[str, Any]) -> int:
+    """Check the data here first, run through kfp.local, then print the outcome."""
+    from shieldtune.pipeline.local_run import run_local
+    from shieldtune.pipeline.stages import OUTCOME_FILE_ENV
+    from shieldtune.tasks.checker import load_task_data
+    from shieldtune.tasks.registry import make_task
+    from shieldtune.tracking.tracker import default_tracking_uri, redact, ui_hint
+
+    print(f"checking task {cfg.task.entry_point!r} and its data...", file=sys.stderr, flush=True)
+    load_task_data(make_task(cfg.task), cfg.data)
+    workdir = Path(args.workdir)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome_file = Path(tmp) / "outcome.json"
+        os.environ[OUTCOME_FILE_ENV] = str(outcome_file)
+        try:
+            run_local(args.pipeline, params, workdir)
+            failure = None
+        except RuntimeError as exc:  # kfp.local: "Pipeline 'x' finished with status FAILURE..."
+            failure = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        finally:
+            os.environ.pop(OUTCOME_FILE_ENV, None)
+        outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    uri = default_tracking_uri()
+    for line in outcome_lines(outcome):
+        print(line)
+    print(f"artifacts: {workdir}/local_outputs; MLflow: {redact(uri)}; browse: {ui_hint(uri)}")
+    if failure:
+        print(
+            f"shieldtune: error: {failure} (its one-line error is above; tasks that fail "
+            "on the user's input are not retried)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def outcome_lines(outcome: dict[str, Any] | None) -> list[str]:
+    """The pipeline's outcome in words (the last stage wrote it)."""
+    if outcome is None:
+        return ["outcome: the pipeline stopped before it reached an outcome"]
+    lines = [f"MLflow run: {outcome.get('mlflow_run_id') or 'none'}"]
+    if not outcome["feasible"]:
+        lines.append(f"outcome: no feasible schedule; {outcome['reason']}")
+        return lines
+    metrics = outcome.get("test_metrics") or {}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "constraints_satisfied")
+    lines += [
+        f"test: {shown}",
+        f"safety gate: {outcome['safety_gate']}",
+        f"registered: {outcome['registered'] or 'nothing'}; "
+        f"{'now @champion' if outcome['champion'] else 'not promoted'}: {outcome['reason']}",
+    ]
+    return lines
 
 
 def _compile_one(args: argparse.Namespace, out: Path) -> Path:

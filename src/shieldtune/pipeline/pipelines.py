@@ -10,6 +10,7 @@ pipeline cannot set on its pods (read-only root filesystem, seccomp, privilege
 escalation, capabilities, fsGroup) is in docs/cluster.md, section 5c.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ from shieldtune.pipeline import DEFAULT_BASE_IMAGE, components
 
 MLFLOW_SECRET = "shieldtune-mlflow"
 #: Secret keys injected as environment variables of every task that talks to MLflow.
-MLFLOW_SECRET_ENV = {
-    "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+MLFLOW_SECRET_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+#: Keys a server without authentication leaves out of the Secret.
+MLFLOW_SECRET_OPTIONAL_ENV = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
 }
@@ -35,7 +37,57 @@ CONTROLLER_POD_ENV = {
 #: Size cap of every task's /tmp emptyDir (HOME, TMPDIR, tuner.output_dir, the launcher's
 #: output files); past it the kubelet evicts the pod and the task's retry starts over.
 SCRATCH_SIZE = "2Gi"
-COMPONENT_NAMES = ("prepare_data", "tune", "train_final", "evaluate_safety", "register_model")
+COMPONENT_NAMES = (
+    "check_inputs",
+    "prepare_data",
+    "tune",
+    "no_feasible_schedule",
+    "train_final",
+    "evaluate_safety",
+    "register_model",
+)
+#: Tasks whose failures are the user's to fix (or final), so a retry could only repeat them.
+NOT_RETRIED = ("check_inputs", "no_feasible_schedule")
+
+
+PIPELINE_ARGS = """Args:
+    config_json: The whole shieldtune config as a JSON object ("{}": all defaults); every
+        key reaches the tasks unless a parameter below sets it.
+    task_entry_point: Task name or "pkg.module:factory"; empty keeps config_json's.
+    task_kwargs_json: JSON object of keyword arguments for the task; empty keeps config_json's.
+    data_root: Folder holding the task's data inside the pods; empty keeps config_json's.
+    episodes: tuner.episodes; 0 keeps config_json's.
+    steps_per_episode: env.steps_per_episode; 0 keeps config_json's.
+    search_space_json: env.search_space as a JSON list; empty keeps config_json's.
+    constraints_json: safety.constraints as a JSON list; empty keeps config_json's.
+    num_envs: tuner.num_envs; 0 keeps config_json's.
+    executor: tuner.executor (local, process or kubernetes); empty keeps config_json's.
+    champion_model_uri: The model whose run's policy warm-starts the controller; empty means
+        models:/<registered model>@champion.
+"""
+_DEFAULT_LINE = re.compile(r"(\s*)defaultValue: (-?\d+)\.0")
+_INT_HEADER = re.compile(r"(: int \[Default: -?\d+)\.0\]")
+
+
+def integer_defaults(text: str) -> str:
+    """KFP writes an integer parameter's default as a float (``6.0``: protobuf Values hold
+    doubles); write it as the integer it is, in the body and the header comment. KFP's
+    backend parses both to the same number."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        m = _DEFAULT_LINE.fullmatch(line)
+        if m is None:
+            continue
+        indent = m.group(1)
+        for later in lines[i + 1 :]:  # the sibling keys of the parameter's mapping
+            depth = len(later) - len(later.lstrip(" "))
+            if depth < len(indent):
+                break
+            if depth == len(indent) and later.lstrip().startswith("parameterType:"):
+                if later.strip() == "parameterType: NUMBER_INTEGER":
+                    lines[i] = f"{indent}defaultValue: {m.group(2)}"
+                break
+    return _INT_HEADER.sub(r"\1]", "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -45,16 +97,22 @@ class Resources:
 
 
 RESOURCES = {
+    "check_inputs": Resources("1", "2Gi"),
     "prepare_data": Resources("1", "2Gi"),
     "tune": Resources("2", "6Gi"),
     "train_final": Resources("2", "4Gi"),
     "evaluate_safety": Resources("2", "4Gi"),
-    "register_model": Resources("1", "2Gi"),
+    "no_feasible_schedule": Resources("500m", "1Gi"),
+    # Re-evaluates the current champion on the test split before promoting.
+    "register_model": Resources("2", "4Gi"),
 }
 
 
 def build_components(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
     """One KFP component per stage, all on ``base_image``."""
+    # check_inputs takes the pipelines' parameters: one description for both.
+    if PIPELINE_ARGS not in (components.check_inputs.__doc__ or ""):
+        components.check_inputs.__doc__ = f"{components.check_inputs.__doc__}\n{PIPELINE_ARGS}"
     return {
         name: dsl.component(
             getattr(components, name), base_image=base_image, install_kfp_package=False
@@ -66,7 +124,8 @@ def build_components(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable
 def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl.PipelineTask:
     res = RESOURCES[name]
     task.set_caching_options(cache)
-    task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+    if name not in NOT_RETRIED:  # what fails later is transient: MLflow, the cluster, a pod
+        task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
     task.set_cpu_request(res.cpu).set_memory_request(res.memory)
     task.set_cpu_limit(res.cpu).set_memory_limit(res.memory)
     # The user container runs as the images' uid/gid (docker/Dockerfile.*), refused if root.
@@ -75,8 +134,11 @@ def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl
         task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True
     )
     kubernetes.empty_dir_mount(task, "scratch", SCRATCH, size_limit=SCRATCH_SIZE)
-    if name != "prepare_data":
-        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=True)
+    if name not in ("check_inputs", "prepare_data"):
+        # Not optional: without the Secret a pod would log into a store on its own disk,
+        # lost when it ends. A run without it fails at its first MLflow task, at once.
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_ENV, optional=False)
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_SECRET_OPTIONAL_ENV, optional=True)
     return task
 
 
@@ -97,28 +159,28 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         warm_start: bool,
         warm_start_model_uri: str,
     ) -> None:
-        data = _configure(
-            c["prepare_data"](
+        checked = _configure(
+            c["check_inputs"](
                 config_json=config_json,
                 task_entry_point=task_entry_point,
                 task_kwargs_json=task_kwargs_json,
                 data_root=data_root,
-            ),
-            "prepare_data",
-            cache=True,
-        )
-        # Every later stage reads the config prepare_data resolved (task and data root in).
-        config_json = data.outputs["Output"]
-        tuned = _configure(
-            c["tune"](
-                dataset=data.outputs["dataset"],
-                config_json=config_json,
                 episodes=episodes,
                 steps_per_episode=steps_per_episode,
                 search_space_json=search_space_json,
                 constraints_json=constraints_json,
                 num_envs=num_envs,
                 executor=executor,
+            ),
+            "check_inputs",
+        )
+        # Every later task reads the one config check_inputs resolved and checked.
+        config_json = checked.output
+        data = _configure(c["prepare_data"](config_json=config_json), "prepare_data", cache=True)
+        tuned = _configure(
+            c["tune"](
+                dataset=data.outputs["dataset"],
+                config_json=config_json,
                 warm_start=warm_start,
                 warm_start_model_uri=warm_start_model_uri,
                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -140,7 +202,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
                 ),
                 "train_final",
             )
-            checked = _configure(
+            evaluated = _configure(
                 c["evaluate_safety"](
                     dataset=data.outputs["dataset"],
                     model=final.outputs["model"],
@@ -149,27 +211,28 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
                 ),
                 "evaluate_safety",
             )
-            register_args = {
-                "dataset": data.outputs["dataset"],
-                "model": final.outputs["model"],
-                "report": checked.outputs["metrics"],
-                "config_json": config_json,
-                "mlflow_run_id": run_id,
-            }
-            with dsl.If(checked.outputs["Output"] == True, name="safety-gate-passed"):  # noqa: E712
-                _configure(
-                    c["register_model"](**register_args, set_champion=True), "register_model"
-                )
-            with dsl.Else(name="safety-gate-failed"):
-                _configure(
-                    c["register_model"](**register_args, set_champion=False), "register_model"
-                )
+            # The safety gate and the champion/challenger comparison are decided inside,
+            # and recorded with the reason on the model version and in the model card.
+            _configure(
+                c["register_model"](
+                    dataset=data.outputs["dataset"],
+                    model=final.outputs["model"],
+                    report=evaluated.outputs["metrics"],
+                    config_json=config_json,
+                    mlflow_run_id=run_id,
+                ),
+                "register_model",
+            )
+        with dsl.Else(name="no-feasible-schedule"):
+            _configure(
+                c["no_feasible_schedule"](
+                    config_json=config_json,
+                    mlflow_run_id=run_id,
+                    tune_metrics=tuned.outputs["metrics"],
+                ),
+                "no_feasible_schedule",
+            )
 
-    @dsl.pipeline(
-        name="shieldtune-tuning",
-        description="Safety-shielded DQN hyperparameter tuning, cold start: data -> tune -> "
-        "train final -> safety evaluation -> registry (champion alias only past the safety gate).",
-    )
     def tuning_pipeline(
         config_json: str = "{}",
         task_entry_point: str = "",
@@ -197,11 +260,6 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
             warm_start_model_uri="",
         )
 
-    @dsl.pipeline(
-        name="shieldtune-retune",
-        description="Scheduled retuning: like shieldtune-tuning, but the controller warm-starts "
-        "from the policy of the run behind the current champion model.",
-    )
     def retune_pipeline(
         config_json: str = "{}",
         task_entry_point: str = "",
@@ -230,7 +288,21 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
             warm_start_model_uri=champion_model_uri,
         )
 
-    return {"tuning_pipeline": tuning_pipeline, "retune_pipeline": retune_pipeline}
+    # One Args text for both (KFP turns it into the inputs' descriptions).
+    tuning_pipeline.__doc__ = retune_pipeline.__doc__ = PIPELINE_ARGS
+    return {
+        "tuning_pipeline": dsl.pipeline(
+            name="shieldtune-tuning",
+            description="Safety-shielded DQN hyperparameter tuning, cold start: check inputs -> "
+            "data -> tune -> train final -> safety evaluation -> registry (champion alias only "
+            "past the safety gate and the current champion).",
+        )(tuning_pipeline),
+        "retune_pipeline": dsl.pipeline(
+            name="shieldtune-retune",
+            description="Scheduled retuning: like shieldtune-tuning, but the controller "
+            "warm-starts from the policy of the run behind the current champion model.",
+        )(retune_pipeline),
+    }
 
 
 def compile_all(out_root: Path, base_image: str = DEFAULT_BASE_IMAGE) -> list[Path]:
@@ -240,6 +312,7 @@ def compile_all(out_root: Path, base_image: str = DEFAULT_BASE_IMAGE) -> list[Pa
         path = out_root / "pipelines" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(pipeline, str(path))
+        path.write_text(integer_defaults(path.read_text()))
         written.append(path)
     for name, component in build_components(base_image).items():
         path = out_root / "components" / name / "component.yaml"

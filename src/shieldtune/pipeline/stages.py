@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +23,27 @@ import torch
 from torch.utils.data import Dataset
 
 from shieldtune.checkpoint import (
-    MODEL_KIND,
     atomic_save,
     register_kind,
     safe_load,
     save_model_checkpoint,
 )
 from shieldtune.config import Config, apply_override, config_from_dict
-from shieldtune.errors import CheckpointError, ConfigError, DataError
+from shieldtune.errors import CheckpointError, ConfigError, DataError, ShieldtuneError
 from shieldtune.safety.suite import test_report
-from shieldtune.tasks.batches import first_inputs, iterate, labels
+from shieldtune.tasks.batches import iterate, labels
 from shieldtune.tasks.checker import load_task_data
 from shieldtune.tasks.contract import InputDomain, Task, TaskData, TensorSplit
 from shieldtune.tasks.registry import make_task
-from shieldtune.tracking.tracker import Tracker, download_policy, log_to_run, set_run_tag
+from shieldtune.tracking.tracker import (
+    Tracker,
+    download_policy,
+    log_to_run,
+    redact,
+    set_run_tag,
+)
 from shieldtune.training.device import resolve_device
-from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
+from shieldtune.training.step import StepRequest, StepRunner, TrainState, load_model
 
 SPLITS_KIND = register_kind(
     "shieldtune.splits/v1", {"train": (dict,), "val": (dict,), "test": (dict,)}
@@ -44,6 +52,41 @@ SPLITS_KIND = register_kind(
 #: datasets, are passed by reference (each stage reloads them through the task).
 INLINE_LIMIT_BYTES = 256 * 2**20
 _SPLITS = ("train", "val", "test")
+#: Where ``pipeline run --local`` asks the last stage to write the pipeline's outcome.
+OUTCOME_FILE_ENV = "SHIELDTUNE_OUTCOME_FILE"
+#: Pipeline parameters that set config keys (empty strings and zero counts: keep config_json's).
+PARAMETER_KEYS = {
+    "episodes": "tuner.episodes",
+    "steps_per_episode": "env.steps_per_episode",
+    "search_space_json": "env.search_space",
+    "constraints_json": "safety.constraints",
+    "num_envs": "tuner.num_envs",
+    "executor": "tuner.executor",
+}
+
+
+class NoFeasibleScheduleError(ShieldtuneError):
+    """Tuning spent its budget without one state certified safe under the spec."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """In a component: a user's error ends the task with one line, not a traceback."""
+    try:
+        yield
+    except ShieldtuneError as exc:
+        print(f"shieldtune: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def write_outcome(outcome: dict[str, Any]) -> str:
+    """The pipeline's outcome as JSON; also into ``$SHIELDTUNE_OUTCOME_FILE`` when set (the
+    local runner prints it at the end)."""
+    text = json.dumps(outcome, sort_keys=True)
+    target = os.environ.get(OUTCOME_FILE_ENV)
+    if target:
+        Path(target).write_text(text)
+    return text
 
 
 def pipeline_config(config_json: str, overrides: dict[str, Any], keep_zero: bool = True) -> Config:
@@ -77,6 +120,42 @@ def task_overrides(entry_point: str, kwargs_json: str, data_root: str) -> dict[s
             raise ConfigError("task_kwargs_json must be a JSON object of keyword arguments")
         overrides["task.kwargs"] = kwargs
     return overrides
+
+
+def resolve_config(config_json: str, task: dict[str, str], counts: dict[str, Any]) -> Config:
+    """The run's whole config from ``config_json`` and the pipeline parameters, checked as far
+    as it can be before anything is retried: config keys, the task, and (cheaply) its data.
+
+    ``task`` holds the ``task_entry_point``, ``task_kwargs_json`` and ``data_root``
+    parameters; ``counts`` the others, by parameter name (see :data:`PARAMETER_KEYS`).
+    """
+    overrides = task_overrides(task["entry_point"], task["kwargs_json"], task["data_root"])
+    overrides.update({PARAMETER_KEYS[name]: value for name, value in counts.items()})
+    cfg = pipeline_config(config_json, overrides, keep_zero=False)
+    load_task_data(make_task(cfg.task), cfg.data)
+    return cfg
+
+
+def report_no_feasible_schedule(cfg: Config, run_id: str, steps_run: int) -> None:
+    """The outcome of a run that found nothing certified safe: tagged, written, and raised."""
+    outcome = {
+        "mlflow_run_id": run_id,
+        "feasible": False,
+        "steps_run": steps_run,
+        "registered": None,
+        "champion": False,
+        "reason": "no state was certified safe under the spec; no model was trained or registered",
+    }
+    write_outcome(outcome)
+    if run_id:
+        set_run_tag(run_id, "shieldtune.outcome", "no feasible schedule")
+    spec = ", ".join(cfg.safety.constraints)
+    raise NoFeasibleScheduleError(
+        f"tuning ran {steps_run} steps and certified no state safe under [{spec}] at confidence "
+        f"{cfg.safety.confidence:g}; no model was trained or registered"
+        f"{f' (MLflow run {run_id})' if run_id else ''}. Loosen the spec, raise the budget "
+        "(env.steps_per_episode) or safety.eval_samples_max"
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -157,6 +236,19 @@ def find_kfp_resume_state(kfp_run_id: str, cfg: Config) -> dict[str, Any] | None
     return None if path is None else safe_load(path, CONTROLLER_KIND)
 
 
+def require_cluster_tracking(cfg: Config) -> None:
+    """In a cluster pod, refuse to log into a store on the pod's own disk (lost with it)."""
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+        raise ConfigError(
+            "a pipeline run in a cluster needs an MLflow server: set tracking.enabled=true and "
+            "MLFLOW_TRACKING_URI=http(s)://... in the Secret shieldtune-mlflow (docs/cluster.md, "
+            f"step 4); got {redact(uri) or 'nothing'}"
+        )
+
+
 def tune(
     cfg: Config, data: TaskData, warm_start: bool = False, warm_start_model_uri: str = ""
 ) -> dict[str, Any]:
@@ -181,6 +273,7 @@ def tune(
             warm_note = f"warm start from {warm_start_model_uri}"
         else:
             warm_note = f"cold start: {warm_start_model_uri} does not exist yet"
+    require_cluster_tracking(cfg)
     cfg.tracking.log_model = False
     cfg.tuner.test_report = False
     # A retried tune task continues the attempt that died, from the controller state that
@@ -236,27 +329,6 @@ def train_final(
 # --------------------------------------------------------------------------- evaluate
 
 
-def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any], Config]:
-    """A checkpoint's model (on the CPU, eval mode), the checkpoint and the job's config."""
-    ckpt = safe_load(model_path, MODEL_KIND)
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise CheckpointError(
-            f"'{model_path}' carries a config this shieldtune cannot use ({exc})"
-        ) from None
-    model = build_model(make_task(cfg.task), 0, torch.device("cpu"))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"'{model_path}' does not fit the model it describes: {first}"
-        ) from None
-    model.eval()
-    return model, ckpt, cfg
-
-
 def confusion_matrix(task: Task, model: torch.nn.Module, split: Dataset) -> list[list[int]]:
     device = torch.device("cpu")
     preds, ys = [], []
@@ -285,26 +357,50 @@ def evaluate_safety(
 # --------------------------------------------------------------------------- register
 
 
+#: The tuning run's metrics behind the model card's counts, by card name.
+_RUN_COUNTS = {
+    "steps_run": "steps_run",
+    "unsafe_segments": "unsafe_segments",
+    "warmup_steps": "unsafe_warmup_segments",
+    "violations": "violations",
+    "diverged_steps": "diverged_steps",
+}
+
+
 def register(
     cfg: Config,
     data: TaskData,
     model_path: Path,
     report: dict[str, float],
     run_id: str,
-    set_champion: bool,
-) -> dict[str, Any] | None:
-    """Log the model into the job's MLflow run and register it; alias only if ``set_champion``."""
-    model, _, _ = load_model(model_path)
+) -> tuple[str, str]:
+    """Register the model in the job's run, decide promotion, write the card; returns the
+    pipeline's outcome (JSON) and the model card (markdown)."""
+    from shieldtune.tracking.publish import publish_checkpoint
+
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "best_model.pt"
         shutil.copyfile(model_path, ckpt)
         tracker = Tracker(cfg, _version())
         tracker.attach(run_id)
         try:
-            info = tracker.log_model(model, ckpt, first_inputs(data.test, 2), set_champion, report)
+            logged = tracker.parent_metrics()
+            counts = {k: logged[m] for k, m in _RUN_COUNTS.items() if m in logged}
+            info = publish_checkpoint(tracker, cfg, data, ckpt, report, counts)
         finally:
             tracker.finish()
-    return info
+    gate = "passed" if report.get("constraints_satisfied") else "failed"
+    outcome = {
+        "mlflow_run_id": run_id,
+        "feasible": True,
+        "safety_gate": gate,
+        "test_metrics": {k: v for k, v in report.items() if not k.endswith(("_low", "_high"))},
+        "registered": None if info is None else f"{info['name']} v{info['version']}",
+        "champion": bool(info and info["promoted"]),
+        "reason": "tracking is off: not registered" if info is None else info["reason"],
+    }
+    card = info["card"] if info else f"# Not registered\n\nSafety gate {gate}; tracking is off.\n"
+    return write_outcome(outcome), card
 
 
 def log_final_metrics(run_id: str, val_metrics: dict[str, float]) -> None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from shieldtune.config import Config
 from shieldtune.errors import ConfigError
-from shieldtune.safety.spec import ATTACK_METRICS, available_metrics, parse_constraints
+from shieldtune.safety.spec import (
+    ATTACK_METRICS,
+    Constraint,
+    available_metrics,
+    parse_constraints,
+)
+from shieldtune.safety.stats import clopper_pearson, looks
 from shieldtune.tasks.registry import make_task
 from shieldtune.training.hyperparameters import bounds
 
@@ -85,3 +91,28 @@ def check_config_against_task(cfg: Config) -> None:
             "attackable (adversarial training needs an input_domain); drop adv_mix from "
             "env.search_space"
         )
+    _check_certifiable(cfg, constraints)
+
+
+#: Built-in metrics that are plain proportions of attacked or scored samples.
+_PROPORTIONS = ("val_acc", *ATTACK_METRICS)
+
+
+def _check_certifiable(cfg: Config, constraints: list[Constraint]) -> None:
+    """Refuse a spec no state could ever be certified against: even a perfect model, with
+    every one of ``eval_samples_max`` samples right, would leave its bound short of the
+    threshold at the configured confidence. Tuning would spend the whole budget for nothing."""
+    s = cfg.safety
+    n = s.eval_samples_max
+    level = (1.0 - s.confidence) / (max(len(constraints), 1) * len(looks(s.eval_samples, n)))
+    for i, c in enumerate(constraints):
+        if c.metric not in _PROPORTIONS:
+            continue
+        low, high = clopper_pearson(n, n, level) if c.op == ">=" else clopper_pearson(0, n, level)
+        best = low if c.op == ">=" else high
+        if (c.op == ">=" and best < c.threshold) or (c.op == "<=" and best > c.threshold):
+            raise ConfigError(
+                f"config key 'safety.constraints[{i}]' ({c}) can never be certified: even "
+                f"{n if c.op == '>=' else 0} of {n} samples gives a bound of {best:.4f} at "
+                f"confidence {s.confidence}; lower the threshold or raise safety.eval_samples_max"
+            )

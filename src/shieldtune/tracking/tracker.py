@@ -25,10 +25,20 @@ from mlflow.tracking import MlflowClient
 
 from shieldtune.config import Config, flatten
 from shieldtune.errors import TrackingError, first_line
+from shieldtune.tasks.contract import TaskData, TensorSplit
+from shieldtune.tracking.audit import COLUMNS as AUDIT_COLUMNS
+from shieldtune.tracking.audit import audit_html, audit_rows
+from shieldtune.tracking.model_card import CardFacts, render_card
+from shieldtune.tracking.registry import (
+    CHAMPION_ALIAS,
+    champion_version,
+    decide_promotion,
+    version_of_run,
+)
+from shieldtune.tracking.run_info import NOTE_TAG, OUTCOME_HEADING, describe, job_run_name
 
 T = TypeVar("T")
 
-CHAMPION_ALIAS = "champion"
 KFP_RUN_TAG = "shieldtune.kfp_run_id"
 CONTROLLER_ARTIFACTS = "controller"
 _BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
@@ -83,6 +93,8 @@ class Tracker:
         self.version = version
         self.uri = default_tracking_uri()
         self.parent_id: str | None = None
+        #: The parent run's name; episode runs are named after it.
+        self.run_name = ""
         self._open_episodes: set[str] = set()
         self._held: list[dict[str, Any]] | None = None
         #: A crash-resumed job: look for what the crashed process already logged.
@@ -119,6 +131,7 @@ class Tracker:
         self._connect()
         run = self._call(lambda: mlflow.start_run(run_id=run_id))
         self.parent_id = run.info.run_id
+        self.run_name = run.info.run_name or self.parent_id
         self.experiment_id = run.info.experiment_id
         self.resumed = resumed
 
@@ -161,15 +174,59 @@ class Tracker:
         else:
             exp_id = exp.experiment_id
         self.experiment_id = exp_id
-        tags = {"seed": str(self.cfg.tuner.seed), "shieldtune.version": self.version}
+        tags = {
+            "seed": str(self.cfg.tuner.seed),
+            "shieldtune.version": self.version,
+            **describe(self.cfg),
+        }
         if os.environ.get("SHIELDTUNE_KFP_RUN_ID"):  # a retried KFP task finds its run by it
             tags[KFP_RUN_TAG] = os.environ["SHIELDTUNE_KFP_RUN_ID"]
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        run = mlflow.start_run(experiment_id=exp_id, run_name=self.cfg.tracking.run_name, tags=tags)
+        run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=self.cfg.tracking.run_name or job_run_name(self.cfg),
+            tags=tags,
+        )
         self.parent_id = run.info.run_id
+        self.run_name = run.info.run_name or self.parent_id
         mlflow.log_params(flatten(self.cfg))
+
+    def log_audit(self, audit: list[dict[str, Any]]) -> None:
+        """The shield audit as a table and an HTML page (see :mod:`~.audit`)."""
+        if not self.enabled or not audit:
+            return
+        client, run_id = self.client, str(self.parent_id)
+        assert client is not None
+        rows = audit_rows(audit)
+        columns = {c: [r[c] for r in rows] for c in AUDIT_COLUMNS}
+        self._call(partial(client.log_table, run_id, columns, "shield_audit_table.json"))
+        self._call(partial(client.log_text, run_id, audit_html(rows), "shield_audit.html"))
+
+    def log_datasets(self, data: TaskData, task_name: str) -> None:
+        """The splits as the run's MLflow dataset inputs (name, digest, schema, size; the
+        data itself stays where it is): a reviewer sees on the run page what it trained on."""
+        if not self.enabled:
+            return
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.numpy_dataset import from_numpy
+
+        source = CodeDatasetSource({"mlflow.source.name": data.source})
+        for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+            part, name = getattr(data, split), f"{task_name}-{split}"
+            if isinstance(part, TensorSplit):
+                dataset = from_numpy(
+                    part.x.numpy(), source=source, targets=part.y.numpy(), name=name
+                )
+            else:  # streamed: described, not read
+                dataset = MetaDataset(source, name=name, digest=f"{len(part)}-samples")
+            self._call(
+                partial(
+                    mlflow.log_input, dataset, context=context, tags={"samples": str(len(part))}
+                )
+            )
 
     def start_episode(self, episode: int) -> str | None:
         """A child run for one episode; returns its id (several may be open at once)."""
@@ -190,7 +247,7 @@ class Tracker:
         run = self._call(
             lambda: client.create_run(
                 str(self.experiment_id),
-                run_name=f"episode-{episode:03d}",
+                run_name=f"{self.run_name}/episode-{episode:03d}",
                 tags={"episode": str(episode), "mlflow.parentRunId": parent},
             )
         )
@@ -269,51 +326,96 @@ class Tracker:
                 )
             )
 
-    def log_model(
+    def publish(
         self,
         model: Any,
         checkpoint: Path,
         example: Any,
-        feasible: bool,
-        test_metrics: dict[str, float],
+        report: dict[str, float],
+        evaluate_champion: Callable[[Path], dict[str, float]],
+        card: dict[str, Any],
     ) -> dict[str, Any] | None:
-        """Log the model with a signature, register it, alias it ``champion`` only if feasible."""
+        """Register the model (once per run), decide promotion against the current champion,
+        and write the model card (run artifact and version description); see
+        :mod:`shieldtune.tracking.registry`. ``card`` holds :class:`CardFacts` fields but
+        the version, the run and the decision."""
         if not (self.enabled and self.cfg.tracking.log_model):
             return None
+        client, name, run_id = self.client, self.cfg.registered_model_name, str(self.parent_id)
+        assert client is not None
+        # A retried task or a resumed job finds the version its run registered before.
+        version = self._call(partial(version_of_run, client, name, run_id))
+        if version is None:
+            version = self._log_and_register(model, checkpoint, example)
+        champion = self._call(partial(champion_version, client, name))
+        promotion = decide_promotion(name, report, champion, version, evaluate_champion, self.uri)
+        text = render_card(
+            CardFacts(model_name=name, version=version, run_id=run_id, promotion=promotion, **card)
+        )
+        tags = {
+            "safety_gate": "passed" if report["constraints_satisfied"] else "failed",
+            "test_metrics": json.dumps(report),
+            "source_run_id": run_id,
+            "promoted": str(promotion.promoted).lower(),
+            "promotion_reason": promotion.reason,
+        }
+        for key, value in tags.items():
+            self._call(partial(client.set_model_version_tag, name, version, key, value))
+        self._call(partial(client.update_model_version, name, version, description=text))
+        self._call(partial(client.log_text, run_id, text, "model_card.md"))
+        if promotion.promoted:
+            self._call(partial(client.set_registered_model_alias, name, CHAMPION_ALIAS, version))
+        verdict = "promoted to @champion" if promotion.promoted else "not promoted"
+        self.set_outcome(f"{name} v{version} {verdict}", promotion.reason)
+        return {
+            "name": name,
+            "version": version,
+            "alias": CHAMPION_ALIAS if promotion.promoted else None,
+            **promotion.to_dict(),
+            "card": text,
+        }
+
+    def _log_and_register(self, model: Any, checkpoint: Path, example: Any) -> str:
         from mlflow.models import infer_signature
 
         with _torch_no_grad():
             output = model(example).numpy()
-        signature = infer_signature(example.numpy(), output)
-        name = self.cfg.registered_model_name
-        # Every call below goes through the retry wrapper: a server outage is one line
-        # naming the run to resume, never a traceback.
+        # Every call goes through the retry wrapper: a server outage is one line naming
+        # the run to resume, never a traceback.
         info = self._call(
             partial(
                 mlflow.pytorch.log_model,
                 model,
                 name="model",
-                signature=signature,
+                signature=infer_signature(example.numpy(), output),
                 input_example=example.numpy(),
-                registered_model_name=name,
+                registered_model_name=self.cfg.registered_model_name,
                 extra_files=[str(checkpoint)],
                 serialization_format="pt2",
                 pip_requirements=[f"shieldtune=={self.version}"],
             )
         )
-        version = str(info.registered_model_version)
-        client = self.client
+        return str(info.registered_model_version)
+
+    def parent_metrics(self) -> dict[str, float]:
+        """The latest value of every metric logged into the parent run."""
+        if not self.enabled:
+            return {}
+        client, run_id = self.client, str(self.parent_id)
         assert client is not None
-        tags = {
-            "safety_gate": "passed" if feasible else "failed",
-            "test_metrics": json.dumps(test_metrics),
-            "source_run_id": str(self.parent_id),
-        }
-        for key, value in tags.items():
-            self._call(partial(client.set_model_version_tag, name, version, key, value))
-        if feasible:
-            self._call(partial(client.set_registered_model_alias, name, CHAMPION_ALIAS, version))
-        return {"name": name, "version": version, "alias": CHAMPION_ALIAS if feasible else None}
+        return dict(self._call(partial(client.get_run, run_id)).data.metrics)
+
+    def set_outcome(self, outcome: str, detail: str) -> None:
+        """Tag the parent run with the job's outcome and add it to the run's description."""
+        if not self.enabled:
+            return
+        client, run_id = self.client, str(self.parent_id)
+        assert client is not None
+        run = self._call(partial(client.get_run, run_id))
+        note = run.data.tags.get(NOTE_TAG, "").split(OUTCOME_HEADING)[0].rstrip()
+        note += f"\n\n{OUTCOME_HEADING}\n\n**{outcome}**: {detail}\n"
+        for key, value in (("shieldtune.outcome", outcome), (NOTE_TAG, note)):
+            self._call(partial(client.set_tag, run_id, key, value))
 
     def finish(self, status: str = "FINISHED") -> None:
         """Flush, close every run, restore the environment. Each part is tried even if an

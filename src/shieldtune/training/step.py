@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shieldtune.config import Config, SafetyConfig, TrainingConfig
-from shieldtune.safety.suite import MetricSuite
+from shieldtune.checkpoint import MODEL_KIND, safe_load
+from shieldtune.config import Config, SafetyConfig, TrainingConfig, config_from_dict
+from shieldtune.errors import CheckpointError, ConfigError
+from shieldtune.safety.suite import MetricSuite, test_report
 from shieldtune.tasks.batches import to_device
 from shieldtune.tasks.checker import check_model, load_task_data
 from shieldtune.tasks.contract import Task, TaskData
@@ -65,6 +68,40 @@ def build_model(task: Task, seed: int, device: torch.device) -> nn.Module:
         torch.manual_seed(seed)
         model = task.build_model(seed)
     return model.to(device) if isinstance(model, nn.Module) else model
+
+
+def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any], Config]:
+    """A checkpoint's model (on the CPU, eval mode), the checkpoint and the job's config."""
+    ckpt = safe_load(model_path, MODEL_KIND)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"'{model_path}' carries a config this shieldtune cannot use ({exc})"
+        ) from None
+    model = build_model(make_task(cfg.task), 0, torch.device("cpu"))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"'{model_path}' does not fit the model it describes: {first}"
+        ) from None
+    model.eval()
+    return model, ckpt, cfg
+
+
+def checkpoint_report(path: Path, cfg: Config, data: TaskData) -> dict[str, float]:
+    """The test report of a checkpoint's model on ``data`` under ``cfg``'s spec: the current
+    champion re-measured on the challenger's split (see shieldtune.tracking.registry)."""
+    model, _, theirs = load_model(path)
+    if theirs.task.entry_point != cfg.task.entry_point:
+        raise CheckpointError(
+            f"it is a model of task {theirs.task.entry_point!r}, not {cfg.task.entry_point!r}"
+        )
+    task = make_task(cfg.task)
+    device = resolve_device(cfg.training.device)
+    return test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
 
 
 def cpu_copy(obj: Any) -> Any:

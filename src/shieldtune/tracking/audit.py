@@ -1,0 +1,74 @@
+"""The shield audit as a table a reviewer can read: one row per step.
+
+``shield_audit.jsonl`` keeps every detail (each masked action with its predicted
+cost); MLflow shows a JSONL file as one long line per step, cut off at the
+right edge. These rows keep what answers "what did the shield do here?", and
+go to MLflow twice: as a table (``mlflow.log_table``, queryable) and as an HTML
+page the artifact viewer renders.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+COLUMNS = (
+    "global_step",
+    "episode",
+    "step",
+    "shield",
+    "chosen_move",
+    "predicted_cost",
+    "observed_cost",
+    "masked",
+    "outcome",
+)
+
+
+def audit_rows(audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per audited step (see :data:`COLUMNS`)."""
+    rows = []
+    for e in audit:
+        masked = e.get("masked_by_critic") or []
+        if e.get("diverged"):
+            outcome = "diverged, rolled back"
+        elif e.get("violation"):
+            outcome = "broke the spec, rolled back"
+        elif e.get("warmup"):
+            outcome = "unsafe before the first safe state"
+        else:
+            outcome = "accepted" if e.get("accepted") else "not accepted"
+        rows.append(
+            {
+                "global_step": e["global_step"],
+                "episode": e["episode"],
+                "step": e["step"],
+                "shield": "masking" if e.get("shield_active") else "warm-up rule",
+                "chosen_move": e["chosen_move"],
+                "predicted_cost": round(float(e["chosen_predicted_cost"]), 4),
+                "observed_cost": round(float(e["observed_cost"]), 4),
+                "masked": "; ".join(f"{m['move']} ({m['predicted_cost']:+.3f})" for m in masked),
+                "outcome": outcome,
+            }
+        )
+    return rows
+
+
+def audit_html(rows: list[dict[str, Any]]) -> str:
+    """The rows as a self-contained HTML table (costs > 0 break the spec)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = []
+    for r in rows:
+        style = ' style="background:#fde2e2"' if r["outcome"] != "accepted" else ""
+        cells = "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS)
+        body.append(f"<tr{style}>{cells}</tr>")
+    return (
+        "<!doctype html><meta charset='utf-8'><title>Shield audit</title>"
+        "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}</style>"
+        "<h2>Shield audit</h2><p>One row per step: the move the controller chose, the "
+        "safety critic's predicted cost for it, the measured cost (&gt; 0 breaks the spec), "
+        "the moves the shield masked with their predicted costs, and what happened. Red rows "
+        "broke the spec.</p>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    )
