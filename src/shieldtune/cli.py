@@ -162,8 +162,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"MLflow: run {s.mlflow_run_id} in {s.tracking_uri}")
         if s.registered_model:
             rm = s.registered_model
-            alias = f" alias @{rm['alias']}" if rm["alias"] else " (no alias: safety gate failed)"
-            print(f"registered model: {rm['name']} version {rm['version']}{alias}")
+            verdict = f"now @{rm['alias']}" if rm["alias"] else "not promoted"
+            print(
+                f"registered model: {rm['name']} version {rm['version']}, {verdict}: {rm['reason']}"
+            )
         print(f"browse: {ui_hint(s.tracking_uri)}")
     return 0
 

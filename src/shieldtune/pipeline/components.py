@@ -40,8 +40,7 @@ def check_inputs(
     Never retried: what fails here is the user's to fix (bad config, unknown task,
     missing data, a spec no model could be certified against), so it fails at once.
 
-    Its inputs are the pipelines' parameters, described once in
-    shieldtune.pipeline.pipelines.PIPELINE_ARGS (added to this docstring there).
+    Its inputs are the pipelines' parameters (described in pipelines.PIPELINE_ARGS).
 
     Returns:
         The resolved config as JSON, read by every later task.

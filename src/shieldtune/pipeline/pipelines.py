@@ -19,6 +19,7 @@ from kfp import compiler, dsl, kubernetes
 
 from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH
 from shieldtune.pipeline import DEFAULT_BASE_IMAGE, components
+from shieldtune.pipeline.component_docs import render_readme
 
 MLFLOW_SECRET = "shieldtune-mlflow"
 #: Secret keys injected as environment variables of every task that talks to MLflow.
@@ -111,8 +112,11 @@ RESOURCES = {
 def build_components(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
     """One KFP component per stage, all on ``base_image``."""
     # check_inputs takes the pipelines' parameters: one description for both.
-    if PIPELINE_ARGS not in (components.check_inputs.__doc__ or ""):
-        components.check_inputs.__doc__ = f"{components.check_inputs.__doc__}\n{PIPELINE_ARGS}"
+    doc = components.check_inputs.__doc__ or ""
+    if PIPELINE_ARGS not in doc:
+        head, returns = doc.split("    Returns:", 1)
+        args = "".join(f"    {line}\n" if line else "\n" for line in PIPELINE_ARGS.splitlines())
+        components.check_inputs.__doc__ = f"{head}{args}\n    Returns:{returns}"
     return {
         name: dsl.component(
             getattr(components, name), base_image=base_image, install_kfp_package=False
@@ -319,4 +323,8 @@ def compile_all(out_root: Path, base_image: str = DEFAULT_BASE_IMAGE) -> list[Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(component, str(path))
         written.append(path)
+    readme = out_root / "components" / "README.md"
+    funcs = {name: getattr(components, name) for name in COMPONENT_NAMES}
+    readme.write_text(render_readme(funcs, NOT_RETRIED))
+    written.append(readme)
     return written

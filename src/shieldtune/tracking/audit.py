@@ -47,11 +47,25 @@ def audit_rows(audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "chosen_move": e["chosen_move"],
                 "predicted_cost": round(float(e["chosen_predicted_cost"]), 4),
                 "observed_cost": round(float(e["observed_cost"]), 4),
-                "masked": "; ".join(f"{m['move']} ({m['predicted_cost']:+.3f})" for m in masked),
+                "masked": _masked(masked),
                 "outcome": outcome,
             }
         )
     return rows
+
+
+#: Masked moves listed by name in a row (the rest are counted; the JSONL has them all).
+MASKED_SHOWN = 3
+
+
+def _masked(masked: list[dict[str, Any]]) -> str:
+    """``N: the MASKED_SHOWN moves predicted most unsafe, with their predicted cost``."""
+    if not masked:
+        return "0"
+    worst = sorted(masked, key=lambda m: -m["predicted_cost"])[:MASKED_SHOWN]
+    shown = ", ".join(f"{m['move']} ({m['predicted_cost']:+.2f})" for m in worst)
+    more = f", +{len(masked) - len(worst)} more" if len(masked) > len(worst) else ""
+    return f"{len(masked)}: {shown}{more}"
 
 
 def audit_html(rows: list[dict[str, Any]]) -> str:
@@ -68,7 +82,7 @@ def audit_html(rows: list[dict[str, Any]]) -> str:
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}</style>"
         "<h2>Shield audit</h2><p>One row per step: the move the controller chose, the "
         "safety critic's predicted cost for it, the measured cost (&gt; 0 breaks the spec), "
-        "the moves the shield masked with their predicted costs, and what happened. Red rows "
-        "broke the spec.</p>"
+        "how many moves the shield masked (the most unsafe with their predicted costs), and "
+        "what happened. Red rows broke the spec.</p>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>"
     )

@@ -130,7 +130,7 @@ def render_card(f: CardFacts) -> str:
     header, rows, stride = schedule_rows(f.schedule)
     lines += ["", "## Schedule that trained this model", ""]
     if rows:
-        every = "every segment" if stride == 1 else f"every {stride}th segment and the last"
+        every = "every segment" if stride == 1 else f"one segment in {stride}, and the last"
         lines += [
             f"{len(f.schedule['segments'])} segments from init seed {f.schedule['init_seed']} "
             f"({every}; the whole schedule is in the checkpoint):",
