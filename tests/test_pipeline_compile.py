@@ -10,9 +10,11 @@ from kfp import components
 from shieldtune.pipeline.pipelines import COMPONENT_NAMES, compile_all
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKED_IN = [REPO / "pipelines" / f"{n}.yaml" for n in ("tuning_pipeline", "retune_pipeline")] + [
-    REPO / "components" / n / "component.yaml" for n in COMPONENT_NAMES
-] + [REPO / "components" / "README.md"]
+CHECKED_IN = (
+    [REPO / "pipelines" / f"{n}.yaml" for n in ("tuning_pipeline", "retune_pipeline")]
+    + [REPO / "components" / n / "component.yaml" for n in COMPONENT_NAMES]
+    + [REPO / "components" / "README.md"]
+)
 
 
 @pytest.fixture(scope="module")
