@@ -111,3 +111,16 @@ def test_download_of_a_model_without_a_checkpoint_is_one_line(tmp_path, monkeypa
     monkeypatch.setattr(registry.mlflow.artifacts, "download_artifacts", lambda **_k: str(tmp_path))
     with pytest.raises(CheckpointError, match=r"carries no best_model\.pt"):
         registry.download_checkpoint("models:/m/1", "sqlite:///x", Path(tmp_path))
+
+
+def test_a_server_failure_while_fetching_the_champion_is_raised_never_a_blind_promotion(
+    monkeypatch,
+):
+    from mlflow.exceptions import MlflowException
+
+    def down(**_kwargs):
+        raise MlflowException("API request failed: 503", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(registry.mlflow.artifacts, "download_artifacts", down)
+    with pytest.raises(MlflowException):
+        _decide(SAFE, theirs=SAFE)

@@ -254,6 +254,9 @@ def _resumed_config(
 
 
 def _checkpoint_from_model_uri(uri: str) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    from shieldtune.errors import first_line
     from shieldtune.tracking.registry import download_checkpoint
     from shieldtune.tracking.tracker import default_tracking_uri, redact
 
@@ -271,10 +274,10 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
     print(f"downloading {uri} from {redact(store)}...", file=sys.stderr, flush=True)
     try:
         return download_checkpoint(uri, store)
-    except CheckpointError as exc:
+    except (CheckpointError, MlflowException) as exc:
         raise CheckpointError(
-            f"{redact(str(exc))} (MLflow store {redact(store)}); set MLFLOW_TRACKING_URI to the "
-            "store that holds it"
+            f"{redact(first_line(exc))} (MLflow store {redact(store)}); set "
+            "MLFLOW_TRACKING_URI to the store that holds it"
         ) from None
 
 

@@ -82,6 +82,8 @@ def download_checkpoint(uri: str, tracking_uri: str, into: Path | None = None) -
             )
         )
     except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the server failed: the caller's retry wrapper makes it one line
         raise CheckpointError(f"cannot resolve {uri}: {first_line(exc)}") from None
     found = sorted(local.rglob(CHECKPOINT_FILE))
     if not found:

@@ -348,7 +348,11 @@ class Tracker:
         if version is None:
             version = self._log_and_register(model, checkpoint, example)
         champion = self._call(partial(champion_version, client, name))
-        promotion = decide_promotion(name, report, champion, version, evaluate_champion, self.uri)
+        # A server failure while fetching the champion is one line naming the run (a retried
+        # task decides again), never a promotion without the comparison.
+        promotion = self._call(
+            partial(decide_promotion, name, report, champion, version, evaluate_champion, self.uri)
+        )
         text = render_card(
             CardFacts(model_name=name, version=version, run_id=run_id, promotion=promotion, **card)
         )
