@@ -167,7 +167,8 @@ def outcome_lines(outcome: dict[str, Any] | None) -> list[str]:
         lines.append(f"outcome: no feasible schedule; {outcome['reason']}")
         return lines
     metrics = outcome.get("test_metrics") or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "constraints_satisfied")
+    hidden = ("constraints_satisfied", "certified", "cost", "attacked_samples")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k not in hidden)
     lines += [
         f"test: {shown}",
         f"safety gate: {outcome['safety_gate']}",
