@@ -10,10 +10,12 @@ pipeline cannot set on its pods (read-only root filesystem, seccomp, privilege
 escalation, capabilities, fsGroup) is in docs/cluster.md, section 5c.
 """
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
@@ -149,34 +151,12 @@ def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl
 def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
     c = build_components(base_image)
 
-    def graph(
-        config_json: str,
-        task_entry_point: str,
-        task_kwargs_json: str,
-        data_root: str,
-        episodes: int,
-        steps_per_episode: int,
-        search_space_json: str,
-        constraints_json: str,
-        num_envs: int,
-        executor: str,
-        warm_start: bool,
-        warm_start_model_uri: str,
-    ) -> None:
+    def graph(params: dict[str, Any], warm_start: bool, warm_start_model_uri: str) -> None:
+        """The tasks of both pipelines. ``params`` holds the pipeline's parameters (its
+        ``locals()``); check_inputs takes those of the same names."""
+        inputs = inspect.signature(components.check_inputs).parameters
         checked = _configure(
-            c["check_inputs"](
-                config_json=config_json,
-                task_entry_point=task_entry_point,
-                task_kwargs_json=task_kwargs_json,
-                data_root=data_root,
-                episodes=episodes,
-                steps_per_episode=steps_per_episode,
-                search_space_json=search_space_json,
-                constraints_json=constraints_json,
-                num_envs=num_envs,
-                executor=executor,
-            ),
-            "check_inputs",
+            c["check_inputs"](**{name: params[name] for name in inputs}), "check_inputs"
         )
         # Every later task reads the one config check_inputs resolved and checked.
         config_json = checked.output
@@ -249,20 +229,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         num_envs: int = 0,
         executor: str = "",
     ) -> None:
-        graph(
-            config_json,
-            task_entry_point,
-            task_kwargs_json,
-            data_root,
-            episodes,
-            steps_per_episode,
-            search_space_json,
-            constraints_json,
-            num_envs,
-            executor,
-            warm_start=False,
-            warm_start_model_uri="",
-        )
+        graph(locals(), warm_start=False, warm_start_model_uri="")
 
     def retune_pipeline(
         config_json: str = "{}",
@@ -277,20 +244,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         executor: str = "",
         champion_model_uri: str = "",
     ) -> None:
-        graph(
-            config_json,
-            task_entry_point,
-            task_kwargs_json,
-            data_root,
-            episodes,
-            steps_per_episode,
-            search_space_json,
-            constraints_json,
-            num_envs,
-            executor,
-            warm_start=True,
-            warm_start_model_uri=champion_model_uri,
-        )
+        graph(locals(), warm_start=True, warm_start_model_uri=champion_model_uri)
 
     # One Args text for both (KFP turns it into the inputs' descriptions).
     tuning_pipeline.__doc__ = retune_pipeline.__doc__ = PIPELINE_ARGS
