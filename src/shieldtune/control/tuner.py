@@ -433,12 +433,9 @@ def run_tuning(
     lock: RunLock | None = None
     if resume is not None:  # one process per run, before anything is logged again
         run_label = resume["run_label"]
-        run_dir = Path(cfg.tuner.output_dir) / run_label
-        try:  # a retried pipeline task resumes from MLflow on a fresh disk
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {str(run_dir)!r}: {exc.strerror or exc}") from None
-        lock = RunLock(run_dir, run_label).acquire()
+        # (A retried pipeline task resumes from MLflow on a fresh disk: create it.)
+        out_dir = _make_run_dir(Path(cfg.tuner.output_dir) / run_label)
+        lock = RunLock(out_dir, run_label).acquire()
     n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
     slots: list[_Slot] = []
     job = _JobState()
@@ -456,15 +453,10 @@ def run_tuning(
             run_label = tracker.parent_id or (
                 f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
             )
+            out_dir = _make_run_dir(Path(cfg.tuner.output_dir) / run_label)
+            lock = RunLock(out_dir, run_label).acquire()
         elif resume["parent_run_id"]:
             tracker.attach(resume["parent_run_id"], resumed=True)
-        out_dir = Path(cfg.tuner.output_dir) / run_label
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create {str(out_dir)!r}: {exc.strerror or exc}") from None
-        if lock is None:
-            lock = RunLock(out_dir, run_label).acquire()
         where = (
             ""
             if cfg.tuner.output_dir == DEFAULT_OUTPUT_DIR
@@ -649,6 +641,15 @@ def run_tuning(
                 lock.release()
 
 
+def _make_run_dir(folder: Path) -> Path:
+    """``folder`` (and its parents), or a one-line StorageError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create {str(folder)!r}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _check_output_dir(folder: Path) -> None:
     """Refuse, before any MLflow run is opened and without creating anything, a
     ``tuner.output_dir`` that cannot hold runs: a file, or below an unwritable folder."""
@@ -789,22 +790,21 @@ def _publish(
         return None
     if result.test_metrics is None:
         return None
+    if not (tracker.enabled and cfg.tracking.log_model):
+        gate = "passed" if result.test_metrics["constraints_satisfied"] else "failed"
+        tracker.set_outcome(f"safety gate {gate}", "tracking.log_model is off: not registered")
+        return None
     counts = {
         k: float(getattr(result, k))
         for k in ("steps_run", "unsafe_segments", "warmup_steps", "violations", "diverged_steps")
     }
-    if tracker.enabled and cfg.tracking.log_model:
-        _note(
-            f"registering the model as {cfg.registered_model_name} and comparing it with the "
-            "current champion on the same test split..."
-        )
-    registered = publish_checkpoint(
+    _note(
+        f"registering the model as {cfg.registered_model_name} and comparing it with the "
+        "current champion on the same test split..."
+    )
+    return publish_checkpoint(
         tracker, cfg, data, Path(result.best["checkpoint"]), result.test_metrics, counts
     )
-    if registered is None and tracker.enabled:
-        gate = "passed" if result.test_metrics["constraints_satisfied"] else "failed"
-        tracker.set_outcome(f"safety gate {gate}", "tracking.log_model is off: not registered")
-    return registered
 
 
 def with_test_prefix(metrics: dict[str, float]) -> dict[str, float]:
