@@ -318,7 +318,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _report_lines(cfg: Config, report: dict[str, float]) -> list[str]:
     """A test report as text: every metric with its bounds, then each constraint's verdict."""
-    from shieldtune.safety.report import constraint_rows, format_rows
+    from shieldtune.safety.report import constraint_rows, format_rows, interval
     from shieldtune.safety.spec import available_metrics, parse_constraints
     from shieldtune.tasks.registry import make_task
 
@@ -326,10 +326,8 @@ def _report_lines(cfg: Config, report: dict[str, float]) -> list[str]:
     for name, value in report.items():
         if name.endswith(("_low", "_high")) or name in ("certified", "constraints_satisfied"):
             continue
-        bounds = ""
-        if f"{name}_low" in report:
-            bounds = f"  [{report[f'{name}_low']:.4f}, {report[f'{name}_high']:.4f}]"
-        lines.append(f"{name:<20} {value:.4f}{bounds}")
+        bounds = interval(report, name)
+        lines.append(f"{name:<20} {value:.4f}{'  ' + bounds if bounds else ''}")
     constraints = parse_constraints(cfg.safety.constraints, available_metrics(make_task(cfg.task)))
     lines.append(f"constraints (confidence {cfg.safety.confidence:g}):")
     lines += format_rows(constraint_rows(constraints, report))

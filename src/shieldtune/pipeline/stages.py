@@ -146,9 +146,7 @@ def report_no_feasible_schedule(cfg: Config, run_id: str, steps_run: int) -> Non
         "champion": False,
         "reason": "no state was certified safe under the spec; no model was trained or registered",
     }
-    write_outcome(outcome)
-    if run_id:
-        set_run_tag(run_id, "shieldtune.outcome", "no feasible schedule")
+    write_outcome(outcome)  # (tune already tagged the run's outcome)
     spec = ", ".join(cfg.safety.constraints)
     raise NoFeasibleScheduleError(
         f"tuning ran {steps_run} steps and certified no state safe under [{spec}] at confidence "

@@ -34,6 +34,13 @@ def constraint_rows(
     return rows
 
 
+def interval(report: dict[str, float], name: str) -> str:
+    """``[low, high]`` of a reported metric, or "" when it has no bounds."""
+    if f"{name}_low" not in report:
+        return ""
+    return f"[{report[f'{name}_low']:.4f}, {report[f'{name}_high']:.4f}]"
+
+
 def format_rows(rows: list[tuple[str, str, str, str]]) -> list[str]:
     """Aligned text lines of :func:`constraint_rows`."""
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shieldtune.config import Config
-from shieldtune.safety.report import constraint_rows
+from shieldtune.safety.report import constraint_rows, interval
 from shieldtune.safety.spec import Constraint, available_metrics, parse_constraints
 from shieldtune.tasks.contract import Task, TaskData
 from shieldtune.tracking.registry import Promotion
@@ -94,7 +94,7 @@ def render_card(f: CardFacts) -> str:
         "",
     ]
     metrics = [
-        [k, f"{v:.4f}", _interval(f.report, k)]
+        [k, f"{v:.4f}", interval(f.report, k)]
         for k, v in f.report.items()
         if not k.endswith(("_low", "_high")) and k not in ("certified", "constraints_satisfied")
     ]
@@ -142,12 +142,6 @@ def render_card(f: CardFacts) -> str:
     lines += ["", "## Data", ""]
     lines += [f"- **{k}:** {v}" for k, v in f.data.items()]
     return "\n".join(lines) + "\n"
-
-
-def _interval(report: dict[str, float], name: str) -> str:
-    if f"{name}_low" not in report:
-        return ""
-    return f"[{report[f'{name}_low']:.4f}, {report[f'{name}_high']:.4f}]"
 
 
 def _count(counts: dict[str, float], key: str) -> str:
