@@ -156,6 +156,11 @@ class Tracker:
                     ) from None
                 time.sleep(0.5 * (attempt + 1))
 
+    def _parent(self) -> tuple[MlflowClient, str]:
+        """The client and the parent run's id (only once the run is open)."""
+        assert self.client is not None and self.parent_id is not None
+        return self.client, self.parent_id
+
     def _call(self, call: Callable[[], T]) -> T:
         """``call()`` with :func:`_retrying`'s one-line error, naming the run to resume."""
         hint = RESUME_HINT.replace("RUN_ID", self.parent_id) if self.parent_id else RESUME_HINT
@@ -197,8 +202,7 @@ class Tracker:
         """The shield audit as a table and an HTML page (see :mod:`~.audit`)."""
         if not self.enabled or not audit:
             return
-        client, run_id = self.client, str(self.parent_id)
-        assert client is not None
+        client, run_id = self._parent()
         rows = audit_rows(audit)
         columns = {c: [r[c] for r in rows] for c in AUDIT_COLUMNS}
         self._call(partial(client.log_table, run_id, columns, "shield_audit_table.json"))
@@ -341,8 +345,8 @@ class Tracker:
         the version, the run and the decision."""
         if not (self.enabled and self.cfg.tracking.log_model):
             return None
-        client, name, run_id = self.client, self.cfg.registered_model_name, str(self.parent_id)
-        assert client is not None
+        client, run_id = self._parent()
+        name = self.cfg.registered_model_name
         # A retried task or a resumed job finds the version its run registered before.
         version = self._call(partial(version_of_run, client, name, run_id))
         if version is None:
@@ -405,16 +409,14 @@ class Tracker:
         """The latest value of every metric logged into the parent run."""
         if not self.enabled:
             return {}
-        client, run_id = self.client, str(self.parent_id)
-        assert client is not None
+        client, run_id = self._parent()
         return dict(self._call(partial(client.get_run, run_id)).data.metrics)
 
     def set_outcome(self, outcome: str, detail: str) -> None:
         """Tag the parent run with the job's outcome and add it to the run's description."""
         if not self.enabled:
             return
-        client, run_id = self.client, str(self.parent_id)
-        assert client is not None
+        client, run_id = self._parent()
         run = self._call(partial(client.get_run, run_id))
         note = run.data.tags.get(NOTE_TAG, "").split(OUTCOME_HEADING)[0].rstrip()
         note += f"\n\n{OUTCOME_HEADING}\n\n**{outcome}**: {detail}\n"
