@@ -24,9 +24,10 @@ import statistics
 import time
 
 from shieldtune.config import load_config
+from shieldtune.job import Job
 from shieldtune.tasks.registry import make_task
 from shieldtune.training.hyperparameters import fixed_hyperparameters
-from shieldtune.training.step import StepRequest, StepRunner
+from shieldtune.training.step import StepRequest
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     cfg = load_config(args.config, ["safety.constraints=[]", *args.overrides])
-    runner = StepRunner.from_config(cfg)
+    runner = Job.from_config(cfg).steps.runner()
     fixed = fixed_hyperparameters(cfg.training, make_task(cfg.task))
     # (val_acc, fgsm, adv_mix) of every segment end
     states: list[tuple[float, float, float]] = []

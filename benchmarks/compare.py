@@ -54,15 +54,12 @@ import torch
 from shieldtune.config import Config, apply_override, config_from_dict, load_config
 from shieldtune.control.tuner import run_tuning
 from shieldtune.executors.local import LocalStepExecutor
-from shieldtune.safety.spec import available_metrics, parse_constraints, spec_cost
+from shieldtune.job import Job
+from shieldtune.safety.spec import spec_cost
 from shieldtune.safety.stats import Decision
 from shieldtune.safety.suite import test_report
-from shieldtune.tasks.checker import load_task_data
-from shieldtune.tasks.contract import TaskData
-from shieldtune.tasks.registry import make_task
-from shieldtune.training.device import resolve_device
-from shieldtune.training.hyperparameters import fixed_hyperparameters
-from shieldtune.training.step import StepRequest, StepRunner, TrainState, build_model
+from shieldtune.tasks.contract import TaskData, build_model
+from shieldtune.training.step import StepRequest, TrainState
 
 REPO = Path(__file__).resolve().parents[1]
 WITHIN = 0.005  # "within 0.5 percentage points of the final best"
@@ -162,6 +159,7 @@ class Ledger:
     """Budget, unsafe segments and the best certified-safe state of one method on one seed."""
 
     cfg: Config
+    job: Job
     budget: int
     samples: int = 0
     unsafe: int = 0
@@ -183,9 +181,7 @@ class TrainingRun:
 
     def __init__(self, ledger: Ledger, executor: LocalStepExecutor, init_seed: int) -> None:
         self.ledger, self.executor = ledger, executor
-        task = make_task(ledger.cfg.task)
-        self.constraints = parse_constraints(ledger.cfg.safety.constraints, available_metrics(task))
-        self.fixed = fixed_hyperparameters(ledger.cfg.training, task)
+        self.constraints, self.fixed = ledger.job.constraints, ledger.job.fixed
         self.seed, self.t = init_seed, 0
         self.state = executor.run(StepRequest(None, self.fixed, 0, init_seed)).state
         self.val_acc, self.certified, self.cost = 0.0, False, math.inf
@@ -229,20 +225,18 @@ def _near_best(curve: list[tuple[int, float]]) -> int | None:
     return next(s for s, acc in curve if acc >= final - WITHIN)
 
 
-def _report(cfg: Config, data: TaskData, state: TrainState | None, r: Result) -> None:
+def _report(job: Job, data: TaskData, state: TrainState | None, r: Result) -> None:
     if state is None:
         return
-    task = make_task(cfg.task)
-    model = build_model(task, 0, torch.device("cpu"))
+    model = build_model(job.task, 0, torch.device("cpu"))
     model.load_state_dict(state.model)
-    t = test_report(task, model, data, cfg.safety, resolve_device(cfg.training.device))
-    _fill_test(cfg, t, r)
+    t = test_report(job.task, model, data, job.config.safety, job.constraints, job.device())
+    _fill_test(job, t, r)
 
 
-def _fill_test(cfg: Config, t: dict[str, float], r: Result) -> None:
+def _fill_test(job: Job, t: dict[str, float], r: Result) -> None:
     r.test_acc, r.test_fgsm = t["test_acc"], t.get("fgsm_robust_acc")
-    constraints = parse_constraints(cfg.safety.constraints, available_metrics(make_task(cfg.task)))
-    r.breaks_on_test = spec_cost(constraints, {**t, "val_acc": t["test_acc"]}) > 0
+    r.breaks_on_test = spec_cost(job.constraints, {**t, "val_acc": t["test_acc"]}) > 0
     r.gate_passed = bool(t["constraints_satisfied"])
 
 
@@ -251,12 +245,14 @@ def _fill_test(cfg: Config, t: dict[str, float], r: Result) -> None:
 
 def shieldtune_method(overrides: list[str]) -> Callable:
     def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
-        job = _with(cfg, [f"tuner.seed={seed}", f"tuner.output_dir={tmp}", *overrides])
+        job = Job.from_config(
+            _with(cfg, [f"tuner.seed={seed}", f"tuner.output_dir={tmp}", *overrides])
+        )
         start = time.perf_counter()
         s = run_tuning(job, data=data)
         r.wall_seconds = time.perf_counter() - start
         steps = _read_jsonl(Path(s.output_dir) / "steps.jsonl")
-        _fill_from_steps(steps, job.training.segment_samples, r)
+        _fill_from_steps(steps, job.config.training.segment_samples, r)
         r.unsafe_segments, r.unsafe_warmup = s.unsafe_segments, s.warmup_steps
         if s.test_metrics is not None:
             _fill_test(job, s.test_metrics, r)
@@ -347,11 +343,12 @@ def _baseline(body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, in
     """Wrap a peer's search loop with the shared ledger, timing and test report."""
 
     def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
-        executor = LocalStepExecutor(StepRunner.from_config(cfg, data))
-        ledger = Ledger(cfg, cfg.env.steps_per_episode * cfg.training.segment_samples)
+        job = Job.from_config(cfg)
+        executor = LocalStepExecutor(job.steps.runner(data))
+        ledger = Ledger(cfg, job, cfg.env.steps_per_episode * cfg.training.segment_samples)
         start = time.perf_counter()
         body(ledger, executor, np.random.default_rng(seed), seed)
-        _report(cfg, data, ledger.best_state, r)
+        _report(job, data, ledger.best_state, r)
         r.wall_seconds = time.perf_counter() - start  # includes the test report, as shieldtune's
         r.unsafe_segments, r.unsafe_warmup = ledger.unsafe, ledger.unsafe_warmup
         r.curve = ledger.curve
@@ -673,7 +670,7 @@ def main() -> None:
         }
         for name in scenarios:
             cfg = scenario_config(SCENARIOS[name], args.overrides)
-            data = load_task_data(make_task(cfg.task), cfg.data)
+            data = Job.from_config(cfg).load_data()
             plan = dict(chosen)
             if not args.no_oracle:
                 lr, mix = pick_oracle(cfg, data, seed=1000)

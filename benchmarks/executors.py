@@ -66,6 +66,7 @@ from shieldtune.config import Config, load_config
 from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.factory import make_executor
 from shieldtune.executors.process import threads_per_worker
+from shieldtune.job import Job
 from shieldtune.tasks.checker import load_task_data
 from shieldtune.tasks.contract import TaskData
 from shieldtune.tasks.registry import make_task
@@ -203,7 +204,8 @@ def run_job(s: Setting, job: Sequence[str], splits: TaskData, scratch: Path) -> 
     out = Path(tempfile.mkdtemp(prefix=f"{s.key}-", dir=scratch))
     cfg = setting_config(s, job, out)
     # The backend the config names, built as run_tuning would build it, wrapped for timing.
-    executor = TimedExecutor(make_executor(cfg, splits, None))
+    steps = Job.from_config(cfg).steps
+    executor = TimedExecutor(make_executor(cfg.tuner, cfg.kubernetes, steps, splits, None))
     busy0, own0, t0 = system_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     summary = run_tuning(cfg, data=splits, executor=executor)
     wall = time.perf_counter() - t0

@@ -70,6 +70,7 @@ from common import (
 from shieldtune.config import Config, DataConfig, load_config
 from shieldtune.control.tuner import run_tuning
 from shieldtune.executors.local import LocalStepExecutor
+from shieldtune.job import Job
 from shieldtune.safety.attacks import accuracy, fgsm_robust_accuracy, pgd_robust_accuracy
 from shieldtune.tasks.contract import PIXELS, TaskData, TensorSplit
 from shieldtune.tasks.mnist import MnistCnnTask
@@ -78,7 +79,7 @@ from shieldtune.tasks.registry import make_task
 from shieldtune.tracking.tracker import Tracker
 from shieldtune.training.hyperparameters import fixed_hyperparameters
 from shieldtune.training.segment import AdversarialTraining, make_optimizer, train_segment
-from shieldtune.training.step import StepRequest, StepRunner
+from shieldtune.training.step import StepRequest
 
 SETUP_METHODS = ("start", "log_model", "finish")
 S_TRAIN, S_STEP = "1. train_segment vs bare loop", "1b/c. environment step"
@@ -325,7 +326,7 @@ def bench_training(cfg: Config, splits: TaskData, sizes: Sizes) -> dict[str, lis
 
 
 def bench_env_step(cfg: Config, splits: TaskData, sizes: Sizes) -> dict[str, list[float]]:
-    executor = LocalStepExecutor(StepRunner.from_config(cfg, splits))
+    executor = LocalStepExecutor(Job.from_config(cfg).steps.runner(splits))
     hp = fixed_hyperparameters(cfg.training, make_task(cfg.task))
     budget = cfg.training.segment_samples
     log(f"row 1: environment step warm-up (LocalStepExecutor.run, {budget} samples + evaluation)")

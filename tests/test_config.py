@@ -8,6 +8,7 @@ import pytest
 
 from shieldtune.config import Config, config_from_dict, flatten, load_config
 from shieldtune.errors import ConfigError
+from shieldtune.job import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_bad_values_are_rejected_with_one_line_error_naming_key_value_and_range(
     override, fragments
 ):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_job(None, [override])  # what every entry point resolves: config, then its task
     message = str(err.value)
     assert "\n" not in message
     for fragment in fragments:

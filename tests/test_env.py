@@ -166,7 +166,7 @@ def test_episode_terminates_when_the_budget_is_spent_and_tracks_it():
         obs, _, term, trunc, _ = env.step(env.space.keep_action)
         assert term == (i == 2) and not trunc
     assert obs[-2] == pytest.approx(1.0)  # budget progress
-    assert env.samples_used == 3 * env.cfg.training.segment_samples
+    assert env.samples_used == 3 * config_from_dict(tiny_dict()).training.segment_samples
 
 
 def test_action_mask_forbids_moves_past_the_bounds():

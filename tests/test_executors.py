@@ -21,7 +21,8 @@ from shieldtune.executors.step_files import (
     read_result,
     request_payload,
 )
-from shieldtune.training.step import StepRequest, StepResult, StepRunner, TrainState
+from shieldtune.job import Job
+from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 from .conftest import tiny_dict
 from .test_tuner import read_jsonl, tiny
@@ -46,7 +47,7 @@ def assert_same_result(a: StepResult, b: StepResult) -> None:
 @pytest.fixture
 def first_step(tiny_config, tiny_data) -> tuple[StepRequest, StepResult]:
     """A trained segment from a fresh model, and the request that continues from it."""
-    local = LocalStepExecutor(StepRunner.from_config(tiny_config, tiny_data))
+    local = LocalStepExecutor(Job.from_config(tiny_config).steps.runner(tiny_data))
     start = local.run(StepRequest(None, HYPER, 300, seed=3))
     return StepRequest(start.state, HYPER, 300, seed=4), local.run(
         StepRequest(start.state, HYPER, 300, seed=4)
@@ -58,7 +59,7 @@ def test_step_command_reproduces_the_in_process_step_bit_for_bit(
 ):
     request, expected = first_step
     store = DirStepStore(tmp_path / "steps")
-    store.put("s1", REQUEST_FILE, request_payload(request, tiny_config.to_dict()))
+    store.put("s1", REQUEST_FILE, request_payload(request, Job.from_config(tiny_config).steps))
     assert main(["step", "--store", store.uri, "--step-id", "s1", "--threads", "1"]) == 0
     assert "step s1: 300 samples, val_acc" in capsys.readouterr().out
     assert_same_result(read_result(store, "s1", attempts=1), expected)
@@ -81,10 +82,10 @@ def test_step_command_refuses_a_pickled_request_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({}, "has no 'config'"),
+        ({}, "has no 'step'"),
         (
             {
-                "config": {},
+                "step": {},
                 "model": None,
                 "optimizer": None,
                 "hyperparameters": {},
@@ -95,7 +96,7 @@ def test_step_command_refuses_a_pickled_request_in_one_line(tmp_path, capsys):
         ),
         (
             {
-                "config": {},
+                "step": {},
                 "model": None,
                 "optimizer": None,
                 "hyperparameters": {},
@@ -103,6 +104,28 @@ def test_step_command_refuses_a_pickled_request_in_one_line(tmp_path, capsys):
                 "seed": 2**40,
             },
             "the seed must be in [0, 2**31)",
+        ),
+        (
+            {
+                "step": {"task": {}},
+                "model": None,
+                "optimizer": None,
+                "hyperparameters": {},
+                "budget_samples": 10,
+                "seed": 1,
+            },
+            "a step spec must be a mapping of the sections task, data, training, safety",
+        ),
+        (
+            {
+                "step": {"task": {}, "data": {}, "training": {"batch_size": 0}, "safety": {}},
+                "model": None,
+                "optimizer": None,
+                "hyperparameters": {},
+                "budget_samples": 10,
+                "seed": 1,
+            },
+            "config key 'training.batch_size' = 0 is out of range",
         ),
     ],
 )
@@ -142,7 +165,7 @@ def test_result_that_is_missing_is_a_failed_step_not_a_crash(tmp_path):
 def test_process_pool_returns_what_the_local_executor_computes(tiny_config, tiny_data, first_step):
     request, expected = first_step
     fresh = StepRequest(None, HYPER, 300, seed=3)
-    pool = ProcessStepExecutor(tiny_config, tiny_data, workers=2, threads=1)
+    pool = ProcessStepExecutor(Job.from_config(tiny_config).steps, tiny_data, 2, threads=1)
     try:
         results = pool.run_many([fresh, request])
     finally:
@@ -153,7 +176,9 @@ def test_process_pool_returns_what_the_local_executor_computes(tiny_config, tiny
 
 def test_process_pool_retries_a_failing_step_then_reports_it(tiny_config, tiny_data):
     cfg = config_from_dict(tiny_dict(tracking={"enabled": False}, tuner={"step_retries": 1}))
-    pool = ProcessStepExecutor(cfg, tiny_data, workers=1, threads=1)
+    pool = ProcessStepExecutor(
+        Job.from_config(cfg).steps, tiny_data, 1, retries=cfg.tuner.step_retries, threads=1
+    )
     # A state from some other model: the worker raises on load_state_dict every time.
     broken = StepRequest(TrainState({"bogus": torch.zeros(1)}), HYPER, 300, seed=1)
     try:
@@ -197,7 +222,7 @@ def _without_timings(records: list[dict]) -> list[dict]:
 def test_a_step_never_changes_the_state_it_started_from(tiny_config, tiny_data):
     """Rollback returns to the request's state, so training must not step its momentum
     buffers in place (torch's load_state_dict keeps the tensors it is given)."""
-    local = LocalStepExecutor(StepRunner.from_config(tiny_config, tiny_data))
+    local = LocalStepExecutor(Job.from_config(tiny_config).steps.runner(tiny_data))
     start = local.run(StepRequest(None, HYPER, 300, seed=3)).state
     start = local.run(StepRequest(start, HYPER, 300, seed=4)).state
     before = {k: v.clone() for k, v in start.optimizer["state"][0].items()}

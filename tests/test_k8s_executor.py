@@ -25,7 +25,8 @@ from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor, cpu
 from shieldtune.executors.kubernetes.jobs import Owner, label_value, step_job, step_labels
 from shieldtune.executors.local import LocalStepExecutor
 from shieldtune.executors.step_files import DirStepStore
-from shieldtune.training.step import StepRequest, StepRunner
+from shieldtune.job import Job
+from shieldtune.training.step import StepRequest
 
 from .conftest import tiny_cli_args, tiny_dict
 from .k8s_standin import K8sApiStandIn
@@ -70,7 +71,14 @@ def cluster(tmp_path, monkeypatch):
 
 def executor_for(cfg, tmp_path: Path) -> KubernetesStepExecutor:
     store = DirStepStore(tmp_path / "pvc" / "steps", uri_path="/shared/steps")
-    return KubernetesStepExecutor(cfg, store, mlflow_run_id="0123abcd", kfp_run_id="kfp-run-1")
+    return KubernetesStepExecutor(
+        cfg.kubernetes,
+        Job.from_config(cfg).steps,
+        store,
+        retries=cfg.tuner.step_retries,
+        mlflow_run_id="0123abcd",
+        kfp_run_id="kfp-run-1",
+    )
 
 
 def test_parallel_steps_run_as_jobs_and_match_in_process_training(tmp_path, cluster, tiny_data):
@@ -81,7 +89,7 @@ def test_parallel_steps_run_as_jobs_and_match_in_process_training(tmp_path, clus
         results = executor.run_many(fresh)
     finally:
         executor.close()
-    local = LocalStepExecutor(StepRunner.from_config(cfg, tiny_data))
+    local = LocalStepExecutor(Job.from_config(cfg).steps.runner(tiny_data))
     for request, result in zip(fresh, results, strict=True):
         assert_same_result(result, local.run(request))
         assert result.attempts == 1
@@ -339,14 +347,16 @@ def test_step_files_can_travel_as_mlflow_artifacts_of_the_tuning_run(
     data["kubernetes"].update(transport="mlflow", volume_claim=None)
     data["tracking"]["enabled"] = True
     cfg = config_from_dict(data)
-    executor = KubernetesStepExecutor(cfg, MlflowStepStore(run_id), mlflow_run_id=run_id)
+    executor = KubernetesStepExecutor(
+        cfg.kubernetes, Job.from_config(cfg).steps, MlflowStepStore(run_id), mlflow_run_id=run_id
+    )
     request = StepRequest(None, HYPER, 300, seed=1)
     try:
         [result] = executor.run_many([request])
     finally:
         executor.close()
     assert_same_result(
-        result, LocalStepExecutor(StepRunner.from_config(cfg, tiny_data)).run(request)
+        result, LocalStepExecutor(Job.from_config(cfg).steps.runner(tiny_data)).run(request)
     )
     [job] = cluster.requests_to("POST", "/apis/batch/v1/namespaces/team/jobs")
     container = job.body["spec"]["template"]["spec"]["containers"][0]

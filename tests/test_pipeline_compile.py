@@ -212,7 +212,7 @@ def test_count_and_executor_parameters_default_to_the_config_json_values():
         "tuner.executor": "",
         "env.steps_per_episode": 0,
     }
-    cfg = pipeline_config(given, unset, keep_zero=False)
-    assert (cfg.tuner.episodes, cfg.tuner.executor, cfg.tuner.num_envs) == (3, "process", 2)
-    cfg = pipeline_config(given, {**unset, "tuner.episodes": 5}, keep_zero=False)
-    assert cfg.tuner.episodes == 5
+    tuner = pipeline_config(given, unset, keep_zero=False).config.tuner
+    assert (tuner.episodes, tuner.executor, tuner.num_envs) == (3, "process", 2)
+    tuner = pipeline_config(given, {**unset, "tuner.episodes": 5}, keep_zero=False).config.tuner
+    assert tuner.episodes == 5

@@ -165,12 +165,12 @@ def test_a_cluster_pod_without_an_mlflow_server_refuses_to_log_locally(monkeypat
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="needs an MLflow server"):
-        require_cluster_tracking(cfg)
+        require_cluster_tracking(cfg.tracking)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db")
     with pytest.raises(ConfigError, match="sqlite"):
-        require_cluster_tracking(cfg)
+        require_cluster_tracking(cfg.tracking)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    require_cluster_tracking(cfg)
+    require_cluster_tracking(cfg.tracking)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    require_cluster_tracking(cfg)  # kfp.local and plain jobs may use the local store
+    require_cluster_tracking(cfg.tracking)  # kfp.local and plain jobs may use the local store

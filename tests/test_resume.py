@@ -155,12 +155,12 @@ def test_tampered_controller_state_never_runs_code(tmp_path, capsys):
 
 TUNE_TASK = """
 import json, sys
-from shieldtune.config import config_from_dict
+from shieldtune.job import job_from_dict
 from shieldtune.pipeline import stages
 from shieldtune.tasks.mnist_data import load_mnist
 
-cfg = config_from_dict(json.loads(sys.argv[1]))
-summary = stages.tune(cfg, load_mnist(cfg.data))
+job = job_from_dict(json.loads(sys.argv[1]))
+summary = stages.tune(job, load_mnist(job.config.data))
 print("SUMMARY", json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps_run", "warm_start")}))
 """
 
@@ -245,13 +245,13 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tmp_path)
 
 def test_a_state_file_with_a_flipped_byte_or_missing_keys_is_one_line(tmp_path, capsys):
     from shieldtune.checkpoint import atomic_save
-    from shieldtune.control.tuner import CONTROLLER_KIND, STATE_FILE
+    from shieldtune.control.job_state import CONTROLLER_KIND, STATE_FILE
 
     run = tmp_path / "run1"
     atomic_save({"kind": CONTROLLER_KIND}, run / STATE_FILE)  # well-formed, nothing in it
     assert main(["tune", "--set", f"tuner.output_dir={tmp_path}", "--resume", "run1"]) == 2
     err = capsys.readouterr().err
-    assert "incomplete shieldtune.controller/v1 file" in err and err.count("\n") == 1
+    assert "incomplete shieldtune.controller/v2 file" in err and err.count("\n") == 1
     data = bytearray((run / STATE_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01
     (run / STATE_FILE).write_bytes(bytes(data))

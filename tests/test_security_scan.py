@@ -50,6 +50,7 @@ from shieldtune.errors import StepFailedError
 from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
 from shieldtune.executors.kubernetes.jobs import RUN_AS, SCRATCH, Owner, step_job, step_labels
 from shieldtune.executors.step_files import DirStepStore
+from shieldtune.job import Job
 from shieldtune.pipeline import pipelines as kfp_pipelines
 from shieldtune.training.step import StepRequest
 
@@ -391,7 +392,12 @@ def test_jobs_the_executor_posts_carry_no_credential_from_its_environment(
         fault=lambda job, pod_index: "fail",
     ) as cluster:
         executor = KubernetesStepExecutor(
-            cfg, store, api_client=cluster.api_client(), mlflow_run_id="0123abcd"
+            cfg.kubernetes,
+            Job.from_config(cfg).steps,
+            store,
+            retries=cfg.tuner.step_retries,
+            api_client=cluster.api_client(),
+            mlflow_run_id="0123abcd",
         )
         try:
             with pytest.raises(StepFailedError):

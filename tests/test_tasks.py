@@ -10,11 +10,12 @@ from torch.utils.data import Dataset
 from shieldtune.cli import main
 from shieldtune.config import DataConfig, TaskConfig, config_from_dict
 from shieldtune.errors import ConfigError, TaskError
+from shieldtune.job import Job
 from shieldtune.tasks import TaskData, TensorSplit
 from shieldtune.tasks.checker import check_task, load_task_data
 from shieldtune.tasks.registry import BUILTIN_TASKS, make_task
 from shieldtune.training.device import resolve_device
-from shieldtune.training.step import StepRequest, StepRunner
+from shieldtune.training.step import StepRequest
 
 from .conftest import tiny_dict
 
@@ -54,8 +55,8 @@ def test_builtin_task_names_resolve_and_name_their_registered_model():
     cfg = config_from_dict(
         {"task": {"entry_point": "breast-cancer", "kwargs": {"model": "linear"}}}
     )
-    assert cfg.registered_model_name == "shieldtune-breast-cancer-linear"
-    assert config_from_dict({}).registered_model_name == "shieldtune-mnist-cnn"
+    assert Job.from_config(cfg).registered_model_name == "shieldtune-breast-cancer-linear"
+    assert Job.from_config(config_from_dict({})).registered_model_name == "shieldtune-mnist-cnn"
 
 
 def test_tabular_features_are_standardised_on_the_training_split_only():
@@ -172,7 +173,7 @@ def test_task_hyperparameters_are_fixed_from_config_and_applied_every_step(monke
             "training": {"segment_samples": 200, "task_hyperparameters": {"dropout": 0.5}},
         }
     )
-    runner = StepRunner.from_config(cfg)
+    runner = Job.from_config(cfg).steps.runner()
     hp = fixed_hyperparameters(cfg.training, runner.task)
     assert hp["dropout"] == 0.5
     applied = []
@@ -194,7 +195,7 @@ def test_a_plugin_metric_is_measured_per_step_and_judged_by_the_spec():
             "safety": {"constraints": ["ece <= 0.0001"], "eval_samples": 50},
         }
     )
-    runner = StepRunner.from_config(cfg)
+    runner = Job.from_config(cfg).steps.runner()
     hp = {"learning_rate": 0.05, "batch_size": 32, "weight_decay": 0.0, "momentum": 0.9}
     result = runner.run(StepRequest(None, {**hp, "adv_mix": 0.0, "label_smoothing": 0.1}, 256, 0))
     ece = result.metrics["ece"]
@@ -219,8 +220,8 @@ def test_a_streamed_dataset_trains_and_evaluates_exactly_like_in_memory_tensors(
     tiny_config, tiny_data
 ):
     streamed = TaskData(*(_Streamed(s) for s in (tiny_data.train, tiny_data.val, tiny_data.test)))
-    fast = StepRunner.from_config(tiny_config, tiny_data)
-    slow = StepRunner.from_config(tiny_config, streamed)
+    fast = Job.from_config(tiny_config).steps.runner(tiny_data)
+    slow = Job.from_config(tiny_config).steps.runner(streamed)
     hp = {"learning_rate": 0.05, "batch_size": 64, "weight_decay": 0.0, "momentum": 0.9}
     request = StepRequest(None, {**hp, "adv_mix": 0.25}, 600, 7)
     a, b = fast.run(request), slow.run(request)
@@ -279,7 +280,7 @@ def test_prepare_data_passes_large_data_by_reference_and_later_stages_reload_it(
 ):
     from shieldtune.pipeline import stages
 
-    cfg = config_from_dict({"task": {"entry_point": "breast-cancer"}})
+    cfg = Job.from_config(config_from_dict({"task": {"entry_point": "breast-cancer"}}))
     inline = stages.prepare_data(cfg, tmp_path / "small")
     assert inline["storage"] == "inline" and (tmp_path / "small" / "splits.pt").exists()
     monkeypatch.setattr(stages, "INLINE_LIMIT_BYTES", 0)
@@ -292,6 +293,6 @@ def test_prepare_data_passes_large_data_by_reference_and_later_stages_reload_it(
     for name in ("train", "val", "test"):
         assert torch.equal(getattr(a, name).x, getattr(b, name).x)
     assert torch.equal(a.input_domain.low, b.input_domain.low)
-    other = config_from_dict({})
+    other = Job.from_config(config_from_dict({}))
     with pytest.raises(ConfigError, match="prepared dataset is for task 'breast-cancer'"):
         stages.load_prepared(tmp_path / "small", other)

@@ -22,8 +22,10 @@ from mlflow.tracking import MlflowClient
 
 import shieldtune
 from shieldtune import cli
-from shieldtune.config import Config, config_from_dict, flatten
+from shieldtune.config import Config, TrackingConfig, config_from_dict, flatten
 from shieldtune.control.tuner import TuningSummary, run_tuning
+from shieldtune.job import Job as ResolvedJob
+from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import CHAMPION_ALIAS
 
 from .conftest import tiny_cli_args, tiny_dict
@@ -339,7 +341,6 @@ def test_a_store_another_job_is_creating_at_the_same_moment_is_retried_not_a_tra
 ):
     """Two jobs started at once on a new sqlite store: the second saw ``table ... already
     exists`` from MLflow's schema setup and died with a long traceback."""
-    from shieldtune.config import config_from_dict
     from shieldtune.tracking import tracker as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -353,7 +354,7 @@ def test_a_store_another_job_is_creating_at_the_same_moment_is_retried_not_a_tra
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tracking, "MlflowClient", racing)
-    t = tracking.Tracker(config_from_dict({}), "test")
+    t = tracking.Tracker(TrackingConfig(), "test", describe_job(ResolvedJob.from_config(Config())))
     try:
         t.start()
         assert t.parent_id and len(calls) == 2
@@ -396,12 +397,11 @@ def test_a_server_failure_while_logging_the_model_is_one_line_naming_the_run(
     retry wrapper)."""
     from mlflow.exceptions import MlflowException
 
-    from shieldtune.config import config_from_dict
     from shieldtune.errors import TrackingError
     from shieldtune.tracking import tracker as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    t = tracking.Tracker(config_from_dict({}), "test")
+    t = tracking.Tracker(TrackingConfig(), "test", describe_job(ResolvedJob.from_config(Config())))
     t.start()
 
     def down(*_args, **_kwargs):
@@ -471,9 +471,7 @@ def test_a_challenger_is_compared_with_the_champion_and_registering_again_adds_n
 ) -> None:
     """Issue: a retried registration could add a second version, and @champion moved to any
     version past the gate without comparing it with the current champion."""
-    from shieldtune.tasks.checker import load_task_data
-    from shieldtune.tasks.registry import make_task
-    from shieldtune.tracking.publish import publish_checkpoint
+    from shieldtune.control.finish import publish_checkpoint
     from shieldtune.tracking.tracker import Tracker
 
     client = MlflowClient(mlflow_server.uri)
@@ -496,12 +494,13 @@ def test_a_challenger_is_compared_with_the_champion_and_registering_again_adds_n
     assert alias == (mine["version"] if promoted else first.registered_model["version"])
 
     # A retried register task: the same run publishes again and finds its version.
-    tracker = Tracker(cfg, shieldtune.__version__)
+    job = ResolvedJob.from_config(cfg)
+    tracker = Tracker(cfg.tracking, shieldtune.__version__, describe_job(job))
     tracker.attach(second.mlflow_run_id)
     try:
-        data = load_task_data(make_task(cfg.task), cfg.data)
+        data = job.load_data()
         again = publish_checkpoint(
-            tracker, cfg, data, Path(second.best["checkpoint"]), second.test_metrics, {}
+            tracker, job, data, Path(second.best["checkpoint"]), second.test_metrics, {}
         )
     finally:
         tracker.finish()

@@ -7,6 +7,7 @@ import math
 import torch
 
 from shieldtune.config import TrainingConfig
+from shieldtune.job import Job
 from shieldtune.tasks.contract import PIXELS
 from shieldtune.tasks.mnist import MnistCnnTask
 from shieldtune.training.hyperparameters import fixed_hyperparameters
@@ -117,7 +118,6 @@ def test_mean_loss_above_max_loss_counts_as_divergence(tiny_data):
 def test_adversarial_training_radius_and_attack_are_set_apart_from_the_evaluation():
     """Issue: safety.epsilon fed both the evaluation and adversarial training."""
     from shieldtune.config import config_from_dict
-    from shieldtune.training.step import StepRunner
 
     from .conftest import TINY
 
@@ -128,7 +128,7 @@ def test_adversarial_training_radius_and_attack_are_set_apart_from_the_evaluatio
             "safety": {**TINY["safety"], "epsilon": 0.1},
         }
     )
-    runner = StepRunner.from_config(cfg)
+    runner = Job.from_config(cfg).steps.runner()
     assert runner._adversarial.epsilon == 0.3 and runner._adversarial.attack == "pgd"
     assert runner.suite.cfg.epsilon == 0.1
     assert config_from_dict(TINY).training.adv_epsilon is None  # default: the eval radius

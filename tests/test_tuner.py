@@ -114,20 +114,20 @@ def test_early_stop_on_target_accuracy_and_on_violation_cap(tmp_path, tiny_data)
 
 
 def test_warm_start_continues_from_the_previous_policy(tmp_path, tiny_data, monkeypatch):
-    from shieldtune.control import tuner
+    from shieldtune.control import controller
 
     first = run_tuning(tiny(tmp_path / "a"), data=tiny_data)
     policy = Path(first.output_dir) / "agent.pt"
     saved = torch.load(policy, weights_only=True)
     assert saved["kind"] == "shieldtune.policy/v1"
     loaded = {}
-    real_agent_load = tuner.DQNAgent.load_state_dict
+    real_agent_load = controller.DQNAgent.load_state_dict
 
     def spy(self, state, warm_start=False):
         loaded["agent"] = (state["steps"], warm_start)
         return real_agent_load(self, state, warm_start)
 
-    monkeypatch.setattr(tuner.DQNAgent, "load_state_dict", spy)
+    monkeypatch.setattr(controller.DQNAgent, "load_state_dict", spy)
     cfg = tiny(tmp_path / "b", tuner={"warm_start": str(policy), "episodes": 1})
     second = run_tuning(cfg, data=tiny_data)
     assert loaded["agent"] == (first.steps_run, True)
@@ -188,9 +188,9 @@ def test_two_untracked_jobs_started_in_the_same_second_never_share_a_folder(
 ):
     """Issue: without MLflow the folder was runs/<YYYYMMDD-HHMMSS>; the second job silently
     overwrote the first's summary, best model and state."""
-    from shieldtune.control import tuner
+    from shieldtune.control import job_state
 
-    monkeypatch.setattr(tuner.time, "strftime", lambda _fmt: "20261130-120000")
+    monkeypatch.setattr(job_state.time, "strftime", lambda _fmt, *_: "20261130-120000")
     cfg = tiny(tmp_path, tuner={"episodes": 1, "test_report": False})
     a = run_tuning(cfg, data=tiny_data)
     b = run_tuning(cfg, data=tiny_data)

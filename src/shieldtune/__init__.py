@@ -26,10 +26,12 @@ register()
 
 if TYPE_CHECKING:
     from shieldtune.control.tuner import TuningSummary
+    from shieldtune.job import Job
 
 
-def tune(config: Config) -> TuningSummary:
-    """Run a whole tuning job (see :func:`shieldtune.control.tuner.run_tuning`)."""
+def tune(config: Config | Job) -> TuningSummary:
+    """Run a whole tuning job (see :func:`shieldtune.control.tuner.run_tuning`); a config is
+    resolved against its task first (one line if they do not fit)."""
     from shieldtune.control.tuner import run_tuning
 
     return run_tuning(config)

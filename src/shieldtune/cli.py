@@ -10,10 +10,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shieldtune.config import Config
 from shieldtune.errors import CheckpointError, ConfigError, ShieldtuneError
 from shieldtune.signals import interrupt_on_sigterm
+
+if TYPE_CHECKING:
+    from shieldtune.job import Job
 
 EXAMPLE_CONFIG = "configs/mnist-cnn.yaml"
 
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
     from shieldtune.control.tuner import find_resume_state, run_tuning
+    from shieldtune.job import Job
 
     cfg = load_config(args.config, args.overrides)
     if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
@@ -150,11 +155,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                 f"resume: its summary is {summary}"
             )
             return 0
+        job = Job.from_config(cfg)
         print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
-        s = run_tuning(cfg, resume=state)
+        s = run_tuning(job, resume=state)
     else:
-        s = run_tuning(cfg)
-    _print_summary(cfg, s)
+        job = Job.from_config(cfg)
+        s = run_tuning(job)
+    _print_summary(job, s)
     print(f"outputs: {s.output_dir}")
     if s.tracking_uri:
         from shieldtune.tracking.tracker import ui_hint
@@ -170,13 +177,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(cfg: Config, s) -> None:
+def _print_summary(job: Job, s) -> None:
     """The job's closing lines: spec, honest unsafe-segment counts, chosen state, test report."""
     from shieldtune.safety.report import constraint_rows, format_rows
-    from shieldtune.safety.spec import available_metrics, parse_constraints
-    from shieldtune.tasks.registry import make_task
 
-    constraints = parse_constraints(s.constraints, available_metrics(make_task(cfg.task)))
+    cfg, constraints = job.config, job.constraints
     print(f"\nconstraints: {', '.join(s.constraints)} (confidence {cfg.safety.confidence:g})")
     print(
         f"steps: {s.steps_run} in {s.episodes_run} episodes, {s.samples_trained} samples "
@@ -282,45 +287,40 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from shieldtune.config import apply_override, config_from_dict, load_config
+    from shieldtune.config import apply_override
+    from shieldtune.job import job_from_dict, load_checkpoint, load_job
     from shieldtune.safety.suite import test_report
-    from shieldtune.tasks.checker import load_task_data
-    from shieldtune.tasks.registry import make_task
-    from shieldtune.training.device import resolve_device
-    from shieldtune.training.step import load_model
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
-    model, ckpt, _ = load_model(path)
+    model, ckpt, _ = load_checkpoint(path)
     if args.config:
-        cfg = load_config(args.config, args.overrides)
+        job = load_job(args.config, args.overrides)
     else:  # default to the tuning job's own config: same model, same splits
         raw = ckpt["config"]
         for assignment in args.overrides:
             apply_override(raw, assignment)
-        cfg = config_from_dict(raw)
-    task = make_task(cfg.task)
-    data = load_task_data(task, cfg.data)
-    device = resolve_device(cfg.training.device)
+        job = job_from_dict(raw)
+    cfg = job.config
+    data = job.load_data()
+    device = job.device()
     print(
-        f"evaluating {path} (task {task.name}) on the {len(data.test)}-sample test split: "
+        f"evaluating {path} (task {job.task.name}) on the {len(data.test)}-sample test split: "
         "accuracy, FGSM, PGD, membership inference...",
         file=sys.stderr,
         flush=True,
     )
-    report = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
-    for line in _report_lines(cfg, report):
+    report = test_report(job.task, model, data, cfg.safety, job.constraints, device, cfg.tuner.seed)
+    for line in _report_lines(job, report):
         print(line)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     return 0 if report["constraints_satisfied"] else 1
 
 
-def _report_lines(cfg: Config, report: dict[str, float]) -> list[str]:
+def _report_lines(job: Job, report: dict[str, float]) -> list[str]:
     """A test report as text: every metric with its bounds, then each constraint's verdict."""
     from shieldtune.safety.report import constraint_rows, format_rows, interval
-    from shieldtune.safety.spec import available_metrics, parse_constraints
-    from shieldtune.tasks.registry import make_task
 
     lines = []
     for name, value in report.items():
@@ -328,9 +328,8 @@ def _report_lines(cfg: Config, report: dict[str, float]) -> list[str]:
             continue
         bounds = interval(report, name)
         lines.append(f"{name:<20} {value:.4f}{'  ' + bounds if bounds else ''}")
-    constraints = parse_constraints(cfg.safety.constraints, available_metrics(make_task(cfg.task)))
-    lines.append(f"constraints (confidence {cfg.safety.confidence:g}):")
-    lines += format_rows(constraint_rows(constraints, report))
+    lines.append(f"constraints (confidence {job.config.safety.confidence:g}):")
+    lines += format_rows(constraint_rows(job.constraints, report))
     gate = "passed" if report["constraints_satisfied"] else "FAILED"
     lines.append(f"safety gate {gate}: every constraint must be certified on the test split")
     return lines
@@ -356,10 +355,10 @@ def _cmd_step(args: argparse.Namespace) -> int:
 def _cmd_env_check(args: argparse.Namespace) -> int:
     from gymnasium.utils.env_checker import check_env
 
-    from shieldtune.config import load_config
     from shieldtune.control.env import HyperparamEnv
+    from shieldtune.job import load_job
 
-    env = HyperparamEnv(load_config(args.config, args.overrides))
+    env = HyperparamEnv(load_job(args.config, args.overrides))
     print(
         "running gymnasium's check_env: it resets and steps the env, and every step trains "
         "and attacks the model for one segment...",
@@ -375,15 +374,14 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_task_check(args: argparse.Namespace) -> int:
-    from shieldtune.config import load_config
+    from shieldtune.job import load_job
     from shieldtune.tasks.checker import check_task
-    from shieldtune.tasks.registry import make_task
 
     overrides = list(args.overrides)
     if args.task is not None:
         overrides.insert(0, f"task.entry_point={args.task}")
-    cfg = load_config(args.config, overrides)  # validates the config against the task
-    task = make_task(cfg.task)
+    job = load_job(args.config, overrides)  # checks the config against the task
+    task, cfg = job.task, job.config
     print(f"checking task {task.name!r} ({cfg.task.entry_point})", file=sys.stderr)
     for line in check_task(task, cfg.data, seed=cfg.tuner.seed):
         print(f"  ok  {line}")
@@ -392,14 +390,14 @@ def _cmd_task_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from shieldtune.config import load_config
     from shieldtune.control.pretrain import pretrain
+    from shieldtune.job import load_job
 
     if not 1 <= args.runs <= 10_000:
         raise ConfigError(f"--runs {args.runs} is out of range; allowed: [1, 10000]")
     if any(not 0.0 <= t <= 1.0 for t in args.thresholds):
         raise ConfigError("--thresholds must lie in [0, 1] (robust accuracies)")
-    configs = [load_config(path, args.overrides) for path in args.configs]
+    configs = [load_job(path, args.overrides).config for path in args.configs]
     record = pretrain(configs, args.thresholds, args.runs, Path(args.out), seed=args.seed)
     found = sum(r["found"] for r in record["runs"])
     print(

@@ -1,9 +1,13 @@
-"""Typed, validated configuration.
+"""Typed, validated configuration: the schema, parsing, overrides and range checks.
 
 A config is a tree of dataclasses.  It is read from YAML, patched with
 ``--set key=value`` overrides and validated in one place, so every entry point
 (CLI, Python API, pipeline component) rejects a bad value with the same
 one-line message naming the key, the value and the allowed range.
+
+This module is a leaf: it knows nothing of tasks, data or models. Checks that
+need the task (its hyperparameters, metrics, data sources) run when a
+:class:`shieldtune.job.Job` is resolved from the config.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from shieldtune.errors import ConfigError, first_line, is_existing_file
+
+T = TypeVar("T")
 
 #: Where tuning jobs write their folders (one per run) unless tuner.output_dir says otherwise.
 DEFAULT_OUTPUT_DIR = "shieldtune-runs"
@@ -352,15 +358,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @property
-    def registered_model_name(self) -> str:
-        """The Model Registry name: ``tracking.registered_model_name`` or ``shieldtune-<task>``."""
-        if self.tracking.registered_model_name:
-            return self.tracking.registered_model_name
-        from shieldtune.tasks.registry import make_task
-
-        return f"shieldtune-{make_task(self.task).name}"
-
 
 # --------------------------------------------------------------------------- building
 
@@ -541,9 +538,6 @@ def _check_cross_field(cfg: Config) -> None:
         )
     _check_executor(cfg)
     _check_device(cfg)
-    from shieldtune.tasks.validation import check_config_against_task
-
-    check_config_against_task(cfg)
 
 
 def _check_device(cfg: Config) -> None:
@@ -571,8 +565,15 @@ def _check_executor(cfg: Config) -> None:
         )
 
 
+def section_from_dict(cls: type[T], data: Any, key: str) -> T:
+    """One config section (``cls``, e.g. :class:`SafetyConfig`) from a mapping, checked as
+    :func:`config_from_dict` checks it inside a whole config (``key`` names it in errors)."""
+    return _convert(key, data, cls, None)
+
+
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Build and validate a :class:`Config`; raises :class:`ConfigError` on bad input."""
+    """Build and validate a :class:`Config` (the schema and the rules between keys; checks
+    against the task come with :class:`shieldtune.job.Job`); raises :class:`ConfigError`."""
     if data is None:
         data = {}
     if not isinstance(data, dict):

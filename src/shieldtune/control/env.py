@@ -21,11 +21,14 @@ segment with the hyperparameters the action chose, then evaluates it.
 
 * ``action_mask`` (int8, as Gymnasium's own envs; usable with
   ``action_space.sample(mask=...)``): actions the hard bounds allow next;
+* ``step``: segments trained in this episode;
 * ``hyperparameters``: the accepted levels now; ``proposed_hyperparameters``: the
   levels this step trained at (after ``reset``: the initial levels);
 * ``metrics``: the accepted state's metrics; ``observed_metrics``: this step's
   measured result, accepted or not (after ``reset``: the fresh model's);
 * ``samples_used``: training samples spent in this episode;
+* ``state_cost`` / ``state_certified``: the accepted state's cost and verdict;
+  ``safe_reached``: the episode has had a safe state (warm-up is over);
 * ``cost``: the observed result's signed violation (<= 0 is safe); ``costs``: per
   constraint; ``constraint_satisfied``: ``cost <= 0``; ``certified``: ``safe``,
   ``unsafe`` or ``undecided`` at ``safety.confidence``;
@@ -33,6 +36,10 @@ segment with the hyperparameters the action chose, then evaluates it.
   broke it before; ``accepted``: False when the segment was rolled back;
   ``collapsed``: lost more than ``shield.collapse_drop`` accuracy (rolled back);
   ``diverged``: NaN/inf or exploding loss (ends the episode). All False after reset.
+
+``last_timing`` (an attribute, not in ``info``, which stays a deterministic function
+of seed and actions): the last step's train and evaluation seconds and attempts.
+``accepted_checkpoint()``: the accepted model, its init seed and schedule.
 
 Warm-up and violations: a fresh model is never safe (an untrained CNN has about
 10% accuracy and no robustness), so until an episode first reaches a safe
@@ -54,13 +61,11 @@ import gymnasium as gym
 import numpy as np
 
 from shieldtune.config import Config, config_from_dict
-from shieldtune.control.search_space import SearchSpace
 from shieldtune.executors.base import StepExecutor
+from shieldtune.job import Job
 from shieldtune.rng import rng_state, set_rng_state
-from shieldtune.safety.spec import available_metrics, parse_constraints, spec_cost
+from shieldtune.safety.spec import spec_cost
 from shieldtune.safety.stats import Decision
-from shieldtune.tasks.registry import make_task
-from shieldtune.training.hyperparameters import fixed_hyperparameters
 from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 ENV_ID = "shieldtune/Hyperparam-v0"
@@ -87,6 +92,16 @@ class ScheduleEntry:
         }
 
 
+@dataclass(frozen=True)
+class AcceptedModel:
+    """An episode's accepted model: enough to save it and to retrain it from scratch."""
+
+    init_seed: int
+    schedule: list[dict[str, float]]
+    model_state: dict[str, Any]
+    metrics: dict[str, float]
+
+
 def _segment_seed(episode_seed: int, step: int) -> int:
     return int(np.random.SeedSequence([episode_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
 
@@ -96,24 +111,31 @@ class HyperparamEnv(gym.Env):
 
     def __init__(
         self,
-        config: Config | dict | None = None,
+        config: Job | Config | dict | None = None,
         executor: StepExecutor | None = None,
         render_mode: str | None = None,
     ) -> None:
+        """``config``: the job (or a config or plain config data, resolved here: the way
+        ``gymnasium.make(ENV_ID, config=...)`` passes it). The env reads the job's search
+        space, constraints, fixed hyperparameters, the episode's length and segment size, and
+        the shield's judging rules; ``executor`` runs its steps (default: in this process)."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode {render_mode!r} is not supported; this env renders nothing"
             )
         self.render_mode = render_mode
-        self.cfg = config if isinstance(config, Config) else config_from_dict(config)
-        self.space = SearchSpace(self.cfg.env.search_space)
-        task = make_task(self.cfg.task)
-        self.constraints = parse_constraints(self.cfg.safety.constraints, available_metrics(task))
+        job = _as_job(config)
+        self.space = job.space
+        self.constraints = job.constraints
+        self._fixed = job.fixed
+        self._steps_per_episode = job.config.env.steps_per_episode
+        self._segment_samples = job.config.training.segment_samples
+        self._rules = job.config.shield
+        self._step_spec = job.steps
         self.action_space = gym.spaces.Discrete(self.space.n_actions)
         n_obs = len(OBS_METRICS) + 1 + len(self.space.specs) + 2
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(n_obs,), dtype=np.float32)
         self._executor = executor
-        self._fixed = fixed_hyperparameters(self.cfg.training, task)
         self.state: TrainState | None = None
         self.hyperparameters: dict[str, float] = self.space.initial()
         self.metrics: dict[str, float] = {}
@@ -135,9 +157,8 @@ class HyperparamEnv(gym.Env):
     def executor(self) -> StepExecutor:
         if self._executor is None:
             from shieldtune.executors.local import LocalStepExecutor
-            from shieldtune.training.step import StepRunner
 
-            self._executor = LocalStepExecutor(StepRunner.from_config(self.cfg))
+            self._executor = LocalStepExecutor(self._step_spec.runner())
         return self._executor
 
     def attach_executor(self, executor: StepExecutor) -> None:
@@ -146,12 +167,12 @@ class HyperparamEnv(gym.Env):
 
     @property
     def episode_budget(self) -> int:
-        return self.cfg.env.steps_per_episode * self.cfg.training.segment_samples
+        return self._steps_per_episode * self._segment_samples
 
     def full_hyperparameters(self, tuned: dict[str, float]) -> dict[str, float]:
         """Every hyperparameter of the segment at step ``t``: fixed ones, and the tuned levels
         with their schedules applied at this point of the episode's budget."""
-        progress = max(self.t - 1, 0) / self.cfg.env.steps_per_episode
+        progress = max(self.t - 1, 0) / self._steps_per_episode
         return {**self._fixed, **self.space.scheduled(tuned, progress)}
 
     def action_mask(self) -> np.ndarray:
@@ -181,11 +202,27 @@ class HyperparamEnv(gym.Env):
     def _info(self, **extra: Any) -> dict[str, Any]:
         return {
             "action_mask": self.action_mask(),
+            "step": self.t,
             "hyperparameters": dict(self.hyperparameters),
             "metrics": dict(self.metrics),
             "samples_used": self.samples_used,
+            "state_cost": float(self.cost),
+            "state_certified": self.certified.name.lower(),
+            "safe_reached": self.safe_reached,
             **extra,
         }
+
+    def accepted_checkpoint(self) -> AcceptedModel:
+        """The accepted state as a model a job may select: weights (a copy), the init seed
+        and the schedule that reproduces it, and its validation metrics."""
+        if self.state is None:
+            raise RuntimeError("call reset() before accepted_checkpoint()")
+        return AcceptedModel(
+            self.episode_seed,
+            [e.to_dict() for e in self.schedule],
+            {k: v.clone() for k, v in self.state.model.items()},
+            dict(self.metrics),
+        )
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -243,7 +280,7 @@ class HyperparamEnv(gym.Env):
         return StepRequest(
             self.state,
             self.full_hyperparameters(self._proposed),
-            self.cfg.training.segment_samples,
+            self._segment_samples,
             _segment_seed(self.episode_seed, self.t),
         )
 
@@ -257,7 +294,7 @@ class HyperparamEnv(gym.Env):
         previous_acc = self.metrics["val_acc"]
         previous_violation = max(self.cost, 0.0)
         if result.diverged:
-            cost = self.cfg.shield.divergence_cost
+            cost = self._rules.divergence_cost
             costs = {str(c): cost for c in self.constraints}
             observed = {"val_acc": 0.0}
             certified = Decision.UNSAFE
@@ -269,14 +306,14 @@ class HyperparamEnv(gym.Env):
         unsafe = cost > 0
         warmup = unsafe and not self.safe_reached and not result.diverged
         violation = unsafe and not warmup
-        drop = self.cfg.shield.collapse_drop
+        drop = self._rules.collapse_drop
         collapsed = (
             not result.diverged and drop is not None and observed["val_acc"] < previous_acc - drop
         )
         accepted = (
             not result.diverged
-            and not (violation and self.cfg.shield.rollback)
-            and not (collapsed and self.cfg.shield.rollback)
+            and not (violation and self._rules.rollback)
+            and not (collapsed and self._rules.rollback)
         )
         if accepted:
             self.state, self.metrics, self.hyperparameters = result.state, result.metrics, proposed
@@ -289,13 +326,13 @@ class HyperparamEnv(gym.Env):
         # A collapse is rolled back but, like a divergence, pays what it would have cost.
         felt = accepted or result.diverged or collapsed
         reward = observed["val_acc"] - previous_acc if felt else 0.0
-        reward -= self.cfg.shield.cost_penalty * max(cost, 0.0)
+        reward -= self._rules.cost_penalty * max(cost, 0.0)
         if not result.diverged:
             # Shaping toward safety (potential -max(c, 0)): each unit of violation the accepted
             # state removes is rewarded, each unit it adds is charged.
-            reward += self.cfg.shield.safety_shaping * (previous_violation - max(self.cost, 0.0))
+            reward += self._rules.safety_shaping * (previous_violation - max(self.cost, 0.0))
         self._last_reward = float(np.clip(reward, -1.0, 1.0))
-        terminated = bool(result.diverged) or self.t >= self.cfg.env.steps_per_episode
+        terminated = bool(result.diverged) or self.t >= self._steps_per_episode
         truncated = False
         info = self._info(
             cost=cost,
@@ -361,6 +398,12 @@ class HyperparamEnv(gym.Env):
     def close(self) -> None:
         if self._executor is not None:
             self._executor.close()
+
+
+def _as_job(config: Job | Config | dict | None) -> Job:
+    if isinstance(config, Job):
+        return config
+    return Job.from_config(config if isinstance(config, Config) else config_from_dict(config))
 
 
 def register() -> None:

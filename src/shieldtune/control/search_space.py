@@ -40,10 +40,14 @@ class SearchSpace:
             if move and not spec.low <= self._moved(spec, values[spec.name], move) <= spec.high:
                 move = 0
             target.append(move)
-        return int(np.flatnonzero((self._moves == np.asarray(target)).all(axis=1))[0])
+        return self.action_of(target)
 
     def moves(self, action: int) -> np.ndarray:
         return self._moves[action]
+
+    def action_of(self, moves) -> int:
+        """The action making ``moves`` (-1 / 0 / +1 per dimension, in the space's order)."""
+        return int(np.flatnonzero((self._moves == np.asarray(moves)).all(axis=1))[0])
 
     def initial(self) -> dict[str, float]:
         return {s.name: self._round(s, s.init) for s in self.specs}

@@ -12,6 +12,7 @@ stays allowed: the bound-valid action with the lowest predicted cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,24 @@ class ShieldDecision:
     masked_by_critic: np.ndarray
     #: Whether the critic took part (trusted, and the episode is past warm-up).
     critic_applied: bool
+
+    def snapshot(self) -> dict[str, Any]:
+        """As weights-only-loadable data, for the controller's crash-safe checkpoint."""
+        return {
+            "allowed": torch.from_numpy(self.allowed.copy()),
+            "predicted_costs": torch.from_numpy(np.asarray(self.predicted_costs).copy()),
+            "masked_by_critic": torch.from_numpy(self.masked_by_critic.copy()),
+            "critic_applied": bool(self.critic_applied),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> ShieldDecision:
+        return cls(
+            snap["allowed"].numpy(),
+            snap["predicted_costs"].numpy(),
+            snap["masked_by_critic"].numpy(),
+            snap["critic_applied"],
+        )
 
 
 class SafetyShield:

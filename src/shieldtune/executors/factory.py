@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from shieldtune.config import Config
+from shieldtune.config import KubernetesConfig, TunerConfig
 from shieldtune.executors.base import StepExecutor
 from shieldtune.executors.local import LocalStepExecutor
+from shieldtune.job import StepSpec
 from shieldtune.tasks.contract import TaskData
-from shieldtune.training.step import StepRunner
 
 
-def make_executor(cfg: Config, data: TaskData, mlflow_run_id: str | None) -> StepExecutor:
-    """The backend ``cfg.tuner.executor`` names, ready to run steps."""
-    kind = cfg.tuner.executor
+def make_executor(
+    tuner: TunerConfig,
+    kubernetes: KubernetesConfig,
+    steps: StepSpec,
+    data: TaskData,
+    mlflow_run_id: str | None,
+) -> StepExecutor:
+    """The backend ``tuner.executor`` names, ready to run the job's steps."""
+    kind = tuner.executor
     if kind == "local":
-        return LocalStepExecutor(StepRunner.from_config(cfg, data))
+        return LocalStepExecutor(steps.runner(data))
     if kind == "process":
         from shieldtune.executors.process import ProcessStepExecutor
 
-        return ProcessStepExecutor(cfg, data)
+        return ProcessStepExecutor(
+            steps, data, tuner.num_envs, retries=tuner.step_retries, threads=tuner.worker_threads
+        )
     from shieldtune.executors.kubernetes.executor import KubernetesStepExecutor
     from shieldtune.executors.step_files import DirStepStore, MlflowStepStore
 
-    k = cfg.kubernetes
+    k = kubernetes
     if k.transport == "volume":
         store = DirStepStore(
             f"{k.controller_volume_path or k.volume_mount_path}/steps",
@@ -30,4 +38,6 @@ def make_executor(cfg: Config, data: TaskData, mlflow_run_id: str | None) -> Ste
     else:
         assert mlflow_run_id is not None, "config validation requires tracking for mlflow"
         store = MlflowStepStore(mlflow_run_id)
-    return KubernetesStepExecutor(cfg, store, mlflow_run_id=mlflow_run_id)
+    return KubernetesStepExecutor(
+        k, steps, store, retries=tuner.step_retries, mlflow_run_id=mlflow_run_id
+    )

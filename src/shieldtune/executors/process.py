@@ -1,7 +1,7 @@
 """``process`` backend: environment steps in a pool of worker processes on this machine.
 
 Each worker builds one :class:`~shieldtune.training.step.StepRunner` (the job's
-config + data splits, sent once when the worker starts) and trains the steps
+step spec + data splits, sent once when the worker starts) and trains the steps
 it is handed, so ``tuner.num_envs`` environments train at the same time. The
 cores are split between workers (``torch.set_num_threads``), because torch
 threads of concurrent processes competing for the same cores slow all of them
@@ -23,20 +23,20 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
-from shieldtune.config import Config, config_from_dict
 from shieldtune.errors import StepFailedError
+from shieldtune.job import StepSpec
 from shieldtune.tasks.contract import TaskData, TensorSplit
 from shieldtune.training.step import StepRequest, StepResult, StepRunner
 
 _worker: StepRunner | None = None
 
 
-def _init_worker(config: dict[str, Any], data: TaskData | None, threads: int) -> None:
+def _init_worker(steps: dict[str, Any], data: TaskData | None, threads: int) -> None:
     import torch
 
     global _worker
     torch.set_num_threads(threads)
-    _worker = StepRunner.from_config(config_from_dict(config), data)
+    _worker = StepSpec.from_dict(steps).runner(data)
 
 
 def _run_in_worker(request: StepRequest) -> StepResult:
@@ -54,18 +54,20 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 class ProcessStepExecutor:
     def __init__(
         self,
-        cfg: Config,
+        steps: StepSpec,
         data: TaskData,
-        workers: int | None = None,
+        workers: int,
+        *,
+        retries: int = 2,
         threads: int | None = None,
     ) -> None:
-        self.workers = workers or cfg.tuner.num_envs
-        self.retries = cfg.tuner.step_retries
-        threads = threads or cfg.tuner.worker_threads or threads_per_worker(self.workers)
+        self.workers = workers
+        self.retries = retries
+        threads = threads or threads_per_worker(self.workers)
         # In-memory splits are sent to each worker once; a streamed dataset is reopened by
         # each worker through its task (it may not pickle, and need not fit in memory).
         in_memory = all(isinstance(s, TensorSplit) for s in (data.train, data.val, data.test))
-        self._initargs = (cfg.to_dict(), data if in_memory else None, threads)
+        self._initargs = (steps.to_dict(), data if in_memory else None, threads)
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:

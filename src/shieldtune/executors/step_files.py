@@ -1,7 +1,8 @@
 """Moving one environment step between the controller and a worker pod.
 
 A step that runs elsewhere crosses the boundary as two files, ``request.pt``
-(model + optimizer state, hyperparameters, budget, seed and the job's config)
+(model + optimizer state, hyperparameters, budget, seed and the job's step spec: the
+task, data, training and safety sections, :class:`~shieldtune.job.StepSpec`)
 and ``result.pt`` (new state, metrics, timings). Both are written atomically
 and read with ``torch.load(weights_only=True)``, so a tampered file cannot run
 code. Where the files live is a :class:`StepStore`:
@@ -23,12 +24,13 @@ from typing import Any, Protocol
 
 from shieldtune.checkpoint import atomic_save, register_kind, safe_load
 from shieldtune.errors import CheckpointError, ConfigError, StepFailedError, first_line
+from shieldtune.job import StepSpec
 from shieldtune.training.step import StepRequest, StepResult, TrainState
 
 REQUEST_KIND = register_kind(
-    "shieldtune.step-request/v1",
+    "shieldtune.step-request/v2",
     {
-        "config": (dict,),
+        "step": (dict,),
         "model": (dict, type(None)),
         "optimizer": (dict, type(None)),
         "hyperparameters": (dict,),
@@ -52,11 +54,11 @@ REQUEST_FILE = "request.pt"
 RESULT_FILE = "result.pt"
 
 
-def request_payload(request: StepRequest, config: dict[str, Any]) -> dict[str, Any]:
+def request_payload(request: StepRequest, steps: StepSpec) -> dict[str, Any]:
     state = request.state
     return {
         "kind": REQUEST_KIND,
-        "config": config,
+        "step": steps.to_dict(),
         "model": None if state is None else state.model,
         "optimizer": None if state is None else state.optimizer,
         "hyperparameters": dict(request.hyperparameters),
@@ -65,8 +67,8 @@ def request_payload(request: StepRequest, config: dict[str, Any]) -> dict[str, A
     }
 
 
-def request_from_payload(obj: dict[str, Any]) -> tuple[StepRequest, dict[str, Any]]:
-    """The request and the job config it carries."""
+def request_from_payload(obj: dict[str, Any]) -> tuple[StepRequest, StepSpec]:
+    """The request and the step spec it carries (a one-line error when either is malformed)."""
     if not 0 <= obj["seed"] < 2**31 or obj["budget_samples"] < 0:
         raise CheckpointError(
             f"step request has seed {obj['seed']} / budget {obj['budget_samples']}; the seed "
@@ -76,7 +78,7 @@ def request_from_payload(obj: dict[str, Any]) -> tuple[StepRequest, dict[str, An
     request = StepRequest(
         state, dict(obj["hyperparameters"]), int(obj["budget_samples"]), int(obj["seed"])
     )
-    return request, obj["config"]
+    return request, StepSpec.from_dict(obj["step"])
 
 
 def result_payload(result: StepResult) -> dict[str, Any]:
@@ -191,14 +193,10 @@ def run_stored_step(store: StepStore, step_id: str, threads: int | None = None) 
     """What ``shieldtune step`` does in a worker pod: read the request, train, write the result."""
     import torch
 
-    from shieldtune.config import config_from_dict
-    from shieldtune.training.step import StepRunner
-
     if threads:
         torch.set_num_threads(threads)
-    request, config = request_from_payload(store.get(step_id, REQUEST_FILE, REQUEST_KIND))
-    cfg = config_from_dict(config)
-    result = StepRunner.from_config(cfg).run(request)
+    request, steps = request_from_payload(store.get(step_id, REQUEST_FILE, REQUEST_KIND))
+    result = steps.runner().run(request)
     store.put(step_id, RESULT_FILE, result_payload(result))
     return result
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shieldtune.config import Config, load_config
+from shieldtune.job import Job, load_job
 
 PIPELINES = ("tuning_pipeline", "retune_pipeline")
 
@@ -76,15 +76,16 @@ def _add_image(p: argparse.ArgumentParser) -> None:
     )
 
 
-def pipeline_params(cfg: Config, pipeline: str) -> dict[str, Any]:
-    """Pipeline parameters for a config: the whole config as JSON plus the explicit ones."""
+def pipeline_params(job: Job, pipeline: str) -> dict[str, Any]:
+    """Pipeline parameters for a job: the whole config as JSON plus the explicit ones."""
+    cfg = job.config
     params: dict[str, Any] = {
         "config_json": json.dumps(cfg.to_dict()),
         "episodes": cfg.tuner.episodes,
         "steps_per_episode": cfg.env.steps_per_episode,
     }
     if pipeline == "retune_pipeline":
-        params["champion_model_uri"] = f"models:/{cfg.registered_model_name}@champion"
+        params["champion_model_uri"] = f"models:/{job.registered_model_name}@champion"
     return params
 
 
@@ -95,10 +96,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         for path in compile_all(Path(args.output_dir), args.base_image):
             print(path)
         return 0
-    cfg = load_config(args.config, args.overrides)  # the config and its task are checked here
-    params = pipeline_params(cfg, args.pipeline)
+    job = load_job(args.config, args.overrides)  # the config and its task are checked here
+    params = pipeline_params(job, args.pipeline)
     if args.action == "run" and args.local:
-        return _run_local(args, cfg, params)
+        return _run_local(args, job, params)
     from shieldtune.pipeline import remote
 
     target = remote.KfpTarget.from_env(args.host, args.namespace, args.token, args.experiment)
@@ -122,16 +123,18 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_local(args: argparse.Namespace, cfg: Config, params: dict[str, Any]) -> int:
+def _run_local(args: argparse.Namespace, job: Job, params: dict[str, Any]) -> int:
     """Check the data here first, run through kfp.local, then print the outcome."""
     from shieldtune.pipeline.local_run import run_local
     from shieldtune.pipeline.stages import OUTCOME_FILE_ENV
-    from shieldtune.tasks.checker import load_task_data
-    from shieldtune.tasks.registry import make_task
     from shieldtune.tracking.tracker import default_tracking_uri, redact, ui_hint
 
-    print(f"checking task {cfg.task.entry_point!r} and its data...", file=sys.stderr, flush=True)
-    load_task_data(make_task(cfg.task), cfg.data)
+    print(
+        f"checking task {job.config.task.entry_point!r} and its data...",
+        file=sys.stderr,
+        flush=True,
+    )
+    job.load_data()
     workdir = Path(args.workdir)
     with tempfile.TemporaryDirectory() as tmp:
         outcome_file = Path(tmp) / "outcome.json"

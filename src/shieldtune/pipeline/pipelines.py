@@ -148,74 +148,84 @@ def _configure(task: dsl.PipelineTask, name: str, *, cache: bool = False) -> dsl
     return task
 
 
+def _graph(
+    c: dict[str, Any], params: dict[str, Any], warm_start: bool, warm_start_model_uri: str
+) -> None:
+    """The tasks of both pipelines. ``params`` holds the pipeline's parameters (its
+    ``locals()``); check_inputs takes those of the same names."""
+    inputs = inspect.signature(components.check_inputs).parameters
+    checked = _configure(
+        c["check_inputs"](**{name: params[name] for name in inputs}), "check_inputs"
+    )
+    # Every later task reads the one config check_inputs resolved and checked.
+    config_json = checked.output
+    data = _configure(c["prepare_data"](config_json=config_json), "prepare_data", cache=True)
+    tuned = _configure(
+        c["tune"](
+            dataset=data.outputs["dataset"],
+            config_json=config_json,
+            warm_start=warm_start,
+            warm_start_model_uri=warm_start_model_uri,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        ),
+        "tune",
+    )
+    # The controller pod's name and uid make it the owner of the step Jobs it creates,
+    # so Kubernetes garbage-collects them with it.
+    for env_name, field_path in CONTROLLER_POD_ENV.items():
+        kubernetes.use_field_path_as_env(tuned, env_name, field_path)
+    run_id = tuned.outputs["mlflow_run_id"]
+    with dsl.If(tuned.outputs["Output"] == True, name="feasible-schedule-found"):  # noqa: E712
+        _publish_branch(c, data.outputs["dataset"], tuned, config_json, run_id)
+    with dsl.Else(name="no-feasible-schedule"):
+        _configure(
+            c["no_feasible_schedule"](
+                config_json=config_json,
+                mlflow_run_id=run_id,
+                tune_metrics=tuned.outputs["metrics"],
+            ),
+            "no_feasible_schedule",
+        )
+
+
+def _publish_branch(
+    c: dict[str, Any], dataset: Any, tuned: Any, config_json: Any, run_id: Any
+) -> None:
+    """Train the final model, evaluate it, and register it behind the safety gate."""
+    final = _configure(
+        c["train_final"](
+            dataset=dataset,
+            schedule=tuned.outputs["schedule"],
+            config_json=config_json,
+            mlflow_run_id=run_id,
+        ),
+        "train_final",
+    )
+    evaluated = _configure(
+        c["evaluate_safety"](
+            dataset=dataset,
+            model=final.outputs["model"],
+            config_json=config_json,
+            mlflow_run_id=run_id,
+        ),
+        "evaluate_safety",
+    )
+    # The safety gate and the champion/challenger comparison are decided inside,
+    # and recorded with the reason on the model version and in the model card.
+    _configure(
+        c["register_model"](
+            dataset=dataset,
+            model=final.outputs["model"],
+            report=evaluated.outputs["metrics"],
+            config_json=config_json,
+            mlflow_run_id=run_id,
+        ),
+        "register_model",
+    )
+
+
 def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]:
     c = build_components(base_image)
-
-    def graph(params: dict[str, Any], warm_start: bool, warm_start_model_uri: str) -> None:
-        """The tasks of both pipelines. ``params`` holds the pipeline's parameters (its
-        ``locals()``); check_inputs takes those of the same names."""
-        inputs = inspect.signature(components.check_inputs).parameters
-        checked = _configure(
-            c["check_inputs"](**{name: params[name] for name in inputs}), "check_inputs"
-        )
-        # Every later task reads the one config check_inputs resolved and checked.
-        config_json = checked.output
-        data = _configure(c["prepare_data"](config_json=config_json), "prepare_data", cache=True)
-        tuned = _configure(
-            c["tune"](
-                dataset=data.outputs["dataset"],
-                config_json=config_json,
-                warm_start=warm_start,
-                warm_start_model_uri=warm_start_model_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            ),
-            "tune",
-        )
-        # The controller pod's name and uid make it the owner of the step Jobs it creates,
-        # so Kubernetes garbage-collects them with it.
-        for env_name, field_path in CONTROLLER_POD_ENV.items():
-            kubernetes.use_field_path_as_env(tuned, env_name, field_path)
-        run_id = tuned.outputs["mlflow_run_id"]
-        with dsl.If(tuned.outputs["Output"] == True, name="feasible-schedule-found"):  # noqa: E712
-            final = _configure(
-                c["train_final"](
-                    dataset=data.outputs["dataset"],
-                    schedule=tuned.outputs["schedule"],
-                    config_json=config_json,
-                    mlflow_run_id=run_id,
-                ),
-                "train_final",
-            )
-            evaluated = _configure(
-                c["evaluate_safety"](
-                    dataset=data.outputs["dataset"],
-                    model=final.outputs["model"],
-                    config_json=config_json,
-                    mlflow_run_id=run_id,
-                ),
-                "evaluate_safety",
-            )
-            # The safety gate and the champion/challenger comparison are decided inside,
-            # and recorded with the reason on the model version and in the model card.
-            _configure(
-                c["register_model"](
-                    dataset=data.outputs["dataset"],
-                    model=final.outputs["model"],
-                    report=evaluated.outputs["metrics"],
-                    config_json=config_json,
-                    mlflow_run_id=run_id,
-                ),
-                "register_model",
-            )
-        with dsl.Else(name="no-feasible-schedule"):
-            _configure(
-                c["no_feasible_schedule"](
-                    config_json=config_json,
-                    mlflow_run_id=run_id,
-                    tune_metrics=tuned.outputs["metrics"],
-                ),
-                "no_feasible_schedule",
-            )
 
     def tuning_pipeline(
         config_json: str = "{}",
@@ -229,7 +239,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         num_envs: int = 0,
         executor: str = "",
     ) -> None:
-        graph(locals(), warm_start=False, warm_start_model_uri="")
+        _graph(c, locals(), warm_start=False, warm_start_model_uri="")
 
     def retune_pipeline(
         config_json: str = "{}",
@@ -244,7 +254,7 @@ def build_pipelines(base_image: str = DEFAULT_BASE_IMAGE) -> dict[str, Callable]
         executor: str = "",
         champion_model_uri: str = "",
     ) -> None:
-        graph(locals(), warm_start=True, warm_start_model_uri=champion_model_uri)
+        _graph(c, locals(), warm_start=True, warm_start_model_uri=champion_model_uri)
 
     # One Args text for both (KFP turns it into the inputs' descriptions).
     tuning_pipeline.__doc__ = retune_pipeline.__doc__ = PIPELINE_ARGS

@@ -5,6 +5,10 @@ are tested without Kubeflow and run the same locally, in ``kfp.local`` and in
 a cluster pod: prepare data -> tune -> train final -> evaluate safety ->
 register. Artifacts are files (tensors saved weights-only); every stage logs
 into the one MLflow parent run that ``tune`` opens.
+
+Every stage receives the run's :class:`~shieldtune.job.Job`, resolved from
+``config_json`` by :func:`pipeline_config` (the component bodies call it ``cfg``:
+their source is embedded in the compiled YAML, which stays as it is).
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from shieldtune.checkpoint import (
     safe_load,
     save_model_checkpoint,
 )
-from shieldtune.config import Config, apply_override, config_from_dict
+from shieldtune.config import TrackingConfig, apply_override
 from shieldtune.errors import CheckpointError, ConfigError, DataError, ShieldtuneError
+from shieldtune.job import Job, job_from_dict, load_checkpoint
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import iterate, labels
-from shieldtune.tasks.checker import load_task_data
 from shieldtune.tasks.contract import InputDomain, Task, TaskData, TensorSplit
-from shieldtune.tasks.registry import make_task
+from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import (
     Tracker,
     download_policy,
@@ -42,8 +46,7 @@ from shieldtune.tracking.tracker import (
     redact,
     set_run_tag,
 )
-from shieldtune.training.device import resolve_device
-from shieldtune.training.step import StepRequest, StepRunner, TrainState, load_model
+from shieldtune.training.step import StepRequest, StepRunner, TrainState
 
 SPLITS_KIND = register_kind(
     "shieldtune.splits/v1", {"train": (dict,), "val": (dict,), "test": (dict,)}
@@ -89,8 +92,8 @@ def write_outcome(outcome: dict[str, Any]) -> str:
     return text
 
 
-def pipeline_config(config_json: str, overrides: dict[str, Any], keep_zero: bool = True) -> Config:
-    """A config from a JSON string plus explicit pipeline parameters. Empty parameters (and,
+def pipeline_config(config_json: str, overrides: dict[str, Any], keep_zero: bool = True) -> Job:
+    """The job a JSON config plus explicit pipeline parameters describe. Empty parameters (and,
     with ``keep_zero=False``, zeros: the pipelines' "as in config_json" for counts) are
     skipped, so every key of ``config_json`` reaches the tasks unless a parameter sets it."""
     try:
@@ -103,7 +106,7 @@ def pipeline_config(config_json: str, overrides: dict[str, Any], keep_zero: bool
         if value in ("", None) or (not keep_zero and value == 0 and not isinstance(value, bool)):
             continue
         apply_override(raw, f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    return config_from_dict(raw)
+    return job_from_dict(raw)
 
 
 def task_overrides(entry_point: str, kwargs_json: str, data_root: str) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def task_overrides(entry_point: str, kwargs_json: str, data_root: str) -> dict[s
     return overrides
 
 
-def resolve_config(config_json: str, task: dict[str, str], counts: dict[str, Any]) -> Config:
+def resolve_config(config_json: str, task: dict[str, str], counts: dict[str, Any]) -> Job:
     """The run's whole config from ``config_json`` and the pipeline parameters, checked as far
     as it can be before anything is retried: config keys, the task, and (cheaply) its data.
 
@@ -131,12 +134,12 @@ def resolve_config(config_json: str, task: dict[str, str], counts: dict[str, Any
     """
     overrides = task_overrides(task["entry_point"], task["kwargs_json"], task["data_root"])
     overrides.update({PARAMETER_KEYS[name]: value for name, value in counts.items()})
-    cfg = pipeline_config(config_json, overrides, keep_zero=False)
-    load_task_data(make_task(cfg.task), cfg.data)
-    return cfg
+    job = pipeline_config(config_json, overrides, keep_zero=False)
+    job.load_data()
+    return job
 
 
-def report_no_feasible_schedule(cfg: Config, run_id: str, steps_run: int) -> None:
+def report_no_feasible_schedule(job: Job, run_id: str, steps_run: int) -> None:
     """The outcome of a run that found nothing certified safe: tagged, written, and raised."""
     outcome = {
         "mlflow_run_id": run_id,
@@ -147,10 +150,11 @@ def report_no_feasible_schedule(cfg: Config, run_id: str, steps_run: int) -> Non
         "reason": "no state was certified safe under the spec; no model was trained or registered",
     }
     write_outcome(outcome)  # (tune already tagged the run's outcome)
-    spec = ", ".join(cfg.safety.constraints)
+    safety = job.config.safety
+    spec = ", ".join(safety.constraints)
     raise NoFeasibleScheduleError(
         f"tuning ran {steps_run} steps and certified no state safe under [{spec}] at confidence "
-        f"{cfg.safety.confidence:g}; no model was trained or registered"
+        f"{safety.confidence:g}; no model was trained or registered"
         f"{f' (MLflow run {run_id})' if run_id else ''}. Loosen the spec, raise the budget "
         "(env.steps_per_episode) or safety.eval_samples_max"
     )
@@ -159,11 +163,11 @@ def report_no_feasible_schedule(cfg: Config, run_id: str, steps_run: int) -> Non
 # --------------------------------------------------------------------------- data
 
 
-def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
+def prepare_data(job: Job, out_dir: Path) -> dict[str, Any]:
     """Ask the task for its data; save the splits into ``out_dir`` when they are small tensors,
     else a reference (the task and data config), plus a manifest either way."""
-    task = make_task(cfg.task)
-    data = load_task_data(task, cfg.data)
+    task, cfg = job.task, job.config
+    data = job.load_data()
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = {name: getattr(data, name) for name in _SPLITS}
     in_memory = all(isinstance(s, TensorSplit) for s in splits.values())
@@ -198,8 +202,9 @@ def prepare_data(cfg: Config, out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_prepared(out_dir: Path, cfg: Config) -> TaskData:
+def load_prepared(out_dir: Path, job: Job) -> TaskData:
     """The splits ``prepare_data`` wrote (or, for a reference, the task's data reloaded)."""
+    cfg = job.config
     try:
         manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
@@ -212,7 +217,7 @@ def load_prepared(out_dir: Path, cfg: Config) -> TaskData:
             f"{cfg.task.entry_point!r}; run prepare_data with the same config"
         )
     if manifest.get("storage") == "reference":
-        return load_task_data(make_task(cfg.task), cfg.data)
+        return job.load_data()
     obj = safe_load(Path(out_dir) / "splits.pt", SPLITS_KIND)
     domain = obj.get("input_domain")
     return TaskData(
@@ -225,21 +230,21 @@ def load_prepared(out_dir: Path, cfg: Config) -> TaskData:
 # --------------------------------------------------------------------------- tune
 
 
-def find_kfp_resume_state(kfp_run_id: str, cfg: Config) -> dict[str, Any] | None:
+def find_kfp_resume_state(kfp_run_id: str, experiment: str) -> dict[str, Any] | None:
     """The controller state of an unfinished tuning run of this KFP run, if one exists."""
-    from shieldtune.control.tuner import CONTROLLER_KIND, STATE_FILE
+    from shieldtune.control.job_state import CONTROLLER_KIND, STATE_FILE
     from shieldtune.tracking.tracker import find_controller_state
 
-    path = find_controller_state(cfg.tracking.experiment, kfp_run_id, STATE_FILE)
+    path = find_controller_state(experiment, kfp_run_id, STATE_FILE)
     return None if path is None else safe_load(path, CONTROLLER_KIND)
 
 
-def require_cluster_tracking(cfg: Config) -> None:
+def require_cluster_tracking(tracking: TrackingConfig) -> None:
     """In a cluster pod, refuse to log into a store on the pod's own disk (lost with it)."""
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):
         return
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+    if not tracking.enabled or not uri.startswith(("http://", "https://")):
         raise ConfigError(
             "a pipeline run in a cluster needs an MLflow server: set tracking.enabled=true and "
             "MLFLOW_TRACKING_URI=http(s)://... in the Secret shieldtune-mlflow (docs/cluster.md, "
@@ -248,7 +253,7 @@ def require_cluster_tracking(cfg: Config) -> None:
 
 
 def tune(
-    cfg: Config, data: TaskData, warm_start: bool = False, warm_start_model_uri: str = ""
+    job: Job, data: TaskData, warm_start: bool = False, warm_start_model_uri: str = ""
 ) -> dict[str, Any]:
     """Run the controller loop; the registry is left to the gated register stage.
 
@@ -260,10 +265,11 @@ def tune(
     from shieldtune.control.tuner import run_tuning
     from shieldtune.signals import interrupt_on_sigterm
 
+    cfg = job.config
     warm_note = "cold start"
     if warm_start:
         warm_start_model_uri = (
-            warm_start_model_uri or f"models:/{cfg.registered_model_name}@champion"
+            warm_start_model_uri or f"models:/{job.registered_model_name}@champion"
         )
         policy = download_policy(warm_start_model_uri)
         if policy is not None:
@@ -271,19 +277,21 @@ def tune(
             warm_note = f"warm start from {warm_start_model_uri}"
         else:
             warm_note = f"cold start: {warm_start_model_uri} does not exist yet"
-    require_cluster_tracking(cfg)
+    require_cluster_tracking(cfg.tracking)
     cfg.tracking.log_model = False
     cfg.tuner.test_report = False
     # A retried tune task continues the attempt that died, from the controller state that
     # attempt kept in MLflow (its pod's disk is gone).
     cfg.tuner.checkpoint_to_mlflow = cfg.tracking.enabled
     kfp_run_id = os.environ.get("SHIELDTUNE_KFP_RUN_ID", "")
-    state = find_kfp_resume_state(kfp_run_id, cfg) if kfp_run_id and cfg.tracking.enabled else None
+    state = None
+    if kfp_run_id and cfg.tracking.enabled:
+        state = find_kfp_resume_state(kfp_run_id, cfg.tracking.experiment)
     if state is not None:
-        cfg = config_from_dict(state["config"])
+        job = job_from_dict(state["config"])
         warm_note += f"; resumed after step {state['job']['global_step']} of a failed attempt"
     with interrupt_on_sigterm():
-        summary = run_tuning(cfg, data=data, resume=state).to_dict()
+        summary = run_tuning(job, data=data, resume=state).to_dict()
     summary["warm_start"] = warm_note
     if summary["mlflow_run_id"]:
         set_run_tag(summary["mlflow_run_id"], "shieldtune.warm_start", warm_note)
@@ -312,15 +320,16 @@ def replay_schedule(runner: StepRunner, schedule: dict[str, Any]) -> TrainState:
 
 
 def train_final(
-    cfg: Config, data: TaskData, schedule: dict[str, Any], model_path: Path
+    job: Job, data: TaskData, schedule: dict[str, Any], model_path: Path
 ) -> dict[str, float]:
     """Train the final model with the best feasible schedule and save it as a checkpoint."""
-    runner = StepRunner.from_config(cfg, data)
+    cfg = job.config
+    runner = job.steps.runner(data)
     state = replay_schedule(runner, schedule)
     model = runner.new_model(int(schedule["init_seed"]))
     model.load_state_dict(state.model)
     metrics = runner.evaluate(model, seed=cfg.tuner.seed)
-    save_model_checkpoint(model_path, state.model, cfg.to_dict(), schedule, metrics)
+    save_model_checkpoint(model_path, state.model, job.to_dict(), schedule, metrics)
     return metrics
 
 
@@ -342,13 +351,14 @@ def confusion_matrix(task: Task, model: torch.nn.Module, split: Dataset) -> list
 
 
 def evaluate_safety(
-    cfg: Config, data: TaskData, model_path: Path
+    job: Job, data: TaskData, model_path: Path
 ) -> tuple[dict[str, float], list[list[int]], list[str]]:
     """The test report, the confusion matrix and the class labels of a trained model."""
-    model, _, _ = load_model(model_path)
-    task = make_task(cfg.task)
-    device = resolve_device(cfg.training.device)
-    report = test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
+    model, _, _ = load_checkpoint(model_path)
+    task, cfg = job.task, job.config
+    report = test_report(
+        task, model, data, cfg.safety, job.constraints, job.device(), cfg.tuner.seed
+    )
     return report, confusion_matrix(task, model, data.test), task.labels()
 
 
@@ -366,7 +376,7 @@ _RUN_COUNTS = {
 
 
 def register(
-    cfg: Config,
+    job: Job,
     data: TaskData,
     model_path: Path,
     report: dict[str, float],
@@ -374,17 +384,17 @@ def register(
 ) -> tuple[str, str]:
     """Register the model in the job's run, decide promotion, write the card; returns the
     pipeline's outcome (JSON) and the model card (markdown)."""
-    from shieldtune.tracking.publish import publish_checkpoint
+    from shieldtune.control.finish import publish_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "best_model.pt"
         shutil.copyfile(model_path, ckpt)
-        tracker = Tracker(cfg, _version())
+        tracker = Tracker(job.config.tracking, _version(), describe_job(job))
         tracker.attach(run_id)
         try:
             logged = tracker.parent_metrics()
             counts = {k: logged[m] for k, m in _RUN_COUNTS.items() if m in logged}
-            info = publish_checkpoint(tracker, cfg, data, ckpt, report, counts)
+            info = publish_checkpoint(tracker, job, data, ckpt, report, counts)
         finally:
             tracker.finish()
     gate = "passed" if report.get("constraints_satisfied") else "failed"
@@ -407,7 +417,7 @@ def log_final_metrics(run_id: str, val_metrics: dict[str, float]) -> None:
 
 
 def log_test_report(run_id: str, report: dict[str, float]) -> None:
-    from shieldtune.control.tuner import with_test_prefix
+    from shieldtune.control.finish import with_test_prefix
 
     log_to_run(run_id, with_test_prefix(report))
 

@@ -39,8 +39,6 @@ from shieldtune.safety.spec import (
     ATTACK_METRICS,
     MIA_METRICS,
     Constraint,
-    available_metrics,
-    parse_constraints,
     spec_cost,
 )
 from shieldtune.safety.stats import (
@@ -84,15 +82,19 @@ class Evaluation:
 
 class MetricSuite:
     def __init__(
-        self, task: Task, cfg: SafetyConfig, device: torch.device, loader_workers: int = 0
+        self,
+        task: Task,
+        cfg: SafetyConfig,
+        constraints: list[Constraint],
+        device: torch.device,
+        loader_workers: int = 0,
     ) -> None:
         self.task = task
         self.cfg = cfg
         self.device = device
         self.workers = loader_workers
-        self.constraints: list[Constraint] = parse_constraints(
-            cfg.constraints, available_metrics(task)
-        )
+        #: The parsed ``cfg.constraints`` (see :class:`shieldtune.job.Job`).
+        self.constraints = list(constraints)
         self._alpha = 1.0 - cfg.confidence
         named = {c.metric for c in self.constraints}
         self._pgd_per_step = "pgd_robust_acc" in named
@@ -260,11 +262,12 @@ def test_report(
     model: nn.Module,
     data: TaskData,
     safety: SafetyConfig,
+    constraints: list[Constraint],
     device: torch.device,
     seed: int = 0,
 ) -> dict[str, float]:
     """The final report of ``model`` on ``device``; the model is left on the CPU."""
-    suite = MetricSuite(task, safety, device)
+    suite = MetricSuite(task, safety, constraints, device)
     try:
         return suite.report(model.to(device), to_device(data, device), seed)
     finally:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from shieldtune.config import DataConfig
 from shieldtune.errors import ShieldtuneError, TaskError, first_line
 from shieldtune.tasks.batches import by_indices, head, iterate
-from shieldtune.tasks.contract import MetricInput, Task, TaskData
+from shieldtune.tasks.contract import MetricInput, Task, TaskData, build_model
 
 #: Samples per split whose types the quick check inspects.
 _PROBE = 4
@@ -129,7 +129,6 @@ def check_model(task: Task, model: object, data: TaskData) -> nn.Module:
 def check_task(task: Task, cfg: DataConfig, seed: int = 0) -> list[str]:
     """The full contract check; returns what was checked, one line each."""
     from shieldtune.safety.attacks import fgsm
-    from shieldtune.training.step import build_model
 
     lines = []
     start = time.perf_counter()

@@ -195,3 +195,11 @@ class Task:
         if self.class_names is not None:
             return [str(c) for c in self.class_names]
         return [str(i) for i in range(self.num_classes)]
+
+
+def build_model(task: Task, seed: int, device: torch.device) -> nn.Module:
+    """A fresh model of ``task``, initialised from ``seed`` without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = task.build_model(seed)
+    return model.to(device) if isinstance(model, nn.Module) else model

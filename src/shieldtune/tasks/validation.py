@@ -1,8 +1,9 @@
 """Config checks that need the task: search space, fixed extras and constraints.
 
-They run when a config is validated, so a search space naming a hyperparameter
-the task does not have, or a constraint on a metric it does not provide, stops
-the job with one line before any data is read or anything is trained.
+They run when a :class:`~shieldtune.job.Job` is resolved from a config, so a
+search space naming a hyperparameter the task does not have, or a constraint on
+a metric it does not provide, stops the job with one line before any data is
+read or anything is trained.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from shieldtune.safety.spec import (
     parse_constraints,
 )
 from shieldtune.safety.stats import clopper_pearson, looks
-from shieldtune.tasks.registry import make_task
+from shieldtune.tasks.contract import Task
 from shieldtune.training.hyperparameters import bounds
 
 
-def check_config_against_task(cfg: Config) -> None:
-    task = make_task(cfg.task)
+def check_config_against_task(cfg: Config, task: Task) -> list[Constraint]:
+    """Check ``cfg`` against ``task``; returns the parsed spec (one line on what is wrong)."""
     sources = task.data_sources
     if sources is not None and cfg.data.source not in sources:
         raise ConfigError(
@@ -92,6 +93,7 @@ def check_config_against_task(cfg: Config) -> None:
             "env.search_space"
         )
     _check_certifiable(cfg, constraints)
+    return constraints
 
 
 #: Built-in metrics that are plain proportions of attacked or scored samples.

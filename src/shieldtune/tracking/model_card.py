@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shieldtune.config import Config
+from shieldtune.job import Job
 from shieldtune.safety.report import constraint_rows, interval
-from shieldtune.safety.spec import Constraint, available_metrics, parse_constraints
-from shieldtune.tasks.contract import Task, TaskData
+from shieldtune.safety.spec import Constraint
+from shieldtune.tasks.contract import TaskData
 from shieldtune.tracking.registry import Promotion
 
 #: Schedule rows shown in the card; longer schedules are shown every k-th segment.
@@ -149,8 +149,7 @@ def _count(counts: dict[str, float], key: str) -> str:
 
 
 def card_fields(
-    cfg: Config,
-    task: Task,
+    job: Job,
     data: TaskData,
     report: dict[str, float],
     schedule: dict[str, Any],
@@ -160,10 +159,11 @@ def card_fields(
     """The :class:`CardFacts` a job knows before registration (all but version, run and
     decision)."""
     sizes = ", ".join(f"{n} {len(getattr(data, n))}" for n in ("train", "val", "test"))
+    cfg = job.config
     return {
         "task": cfg.task.entry_point,
         "shieldtune_version": shieldtune_version,
-        "constraints": parse_constraints(cfg.safety.constraints, available_metrics(task)),
+        "constraints": list(job.constraints),
         "confidence": cfg.safety.confidence,
         "report": report,
         "schedule": schedule,

@@ -23,7 +23,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from shieldtune.config import Config, flatten
+from shieldtune.config import TrackingConfig
 from shieldtune.errors import TrackingError, first_line
 from shieldtune.tasks.contract import TaskData, TensorSplit
 from shieldtune.tracking.audit import COLUMNS as AUDIT_COLUMNS
@@ -35,7 +35,7 @@ from shieldtune.tracking.registry import (
     decide_promotion,
     version_of_run,
 )
-from shieldtune.tracking.run_info import NOTE_TAG, OUTCOME_HEADING, describe, job_run_name
+from shieldtune.tracking.run_info import NOTE_TAG, OUTCOME_HEADING, RunDescription
 
 T = TypeVar("T")
 
@@ -87,9 +87,12 @@ def ui_hint(uri: str) -> str:
 class Tracker:
     """Thin wrapper that knows the run tree; every call is a no-op when disabled."""
 
-    def __init__(self, cfg: Config, version: str) -> None:
-        self.enabled = cfg.tracking.enabled
-        self.cfg = cfg
+    def __init__(self, tracking: TrackingConfig, version: str, run: RunDescription) -> None:
+        """``tracking``: its config section; ``run``: what the job's parent run shows (name,
+        tags, params) and the registered model it publishes to."""
+        self.enabled = tracking.enabled
+        self.settings = tracking
+        self.run = run
         self.version = version
         self.uri = default_tracking_uri()
         self.parent_id: str | None = None
@@ -117,7 +120,7 @@ class Tracker:
             os.environ[_SUPPRESS_URL_ENV] = "true"
         # MLflow's HTTP client retries with exponential backoff: bounded by the config, so an
         # unreachable server ends the job with a clear error instead of hanging.
-        t = self.cfg.tracking
+        t = self.settings
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(t.http_backoff_factor))
         mlflow.set_tracking_uri(self.uri)
@@ -168,21 +171,21 @@ class Tracker:
 
     def _open_parent(self) -> None:
         assert self.client is not None
-        exp = self.client.get_experiment_by_name(self.cfg.tracking.experiment)
+        exp = self.client.get_experiment_by_name(self.settings.experiment)
         if exp is None:
             location = (
                 (Path.cwd() / "mlartifacts").as_uri() if self.uri.startswith("sqlite:") else None
             )
             exp_id = self.client.create_experiment(
-                self.cfg.tracking.experiment, artifact_location=location
+                self.settings.experiment, artifact_location=location
             )
         else:
             exp_id = exp.experiment_id
         self.experiment_id = exp_id
         tags = {
-            "seed": str(self.cfg.tuner.seed),
+            "seed": str(self.run.seed),
             "shieldtune.version": self.version,
-            **describe(self.cfg),
+            **self.run.tags,
         }
         if os.environ.get("SHIELDTUNE_KFP_RUN_ID"):  # a retried KFP task finds its run by it
             tags[KFP_RUN_TAG] = os.environ["SHIELDTUNE_KFP_RUN_ID"]
@@ -191,12 +194,12 @@ class Tracker:
             tags["mlflow.source.git.commit"] = commit
         run = mlflow.start_run(
             experiment_id=exp_id,
-            run_name=self.cfg.tracking.run_name or job_run_name(self.cfg),
+            run_name=self.settings.run_name or self.run.name,
             tags=tags,
         )
         self.parent_id = run.info.run_id
         self.run_name = run.info.run_name or self.parent_id
-        mlflow.log_params(flatten(self.cfg))
+        mlflow.log_params(self.run.params)
 
     def log_audit(self, audit: list[dict[str, Any]]) -> None:
         """The shield audit as a table and an HTML page (see :mod:`~.audit`)."""
@@ -343,10 +346,10 @@ class Tracker:
         and write the model card (run artifact and version description); see
         :mod:`shieldtune.tracking.registry`. ``card`` holds :class:`CardFacts` fields but
         the version, the run and the decision."""
-        if not (self.enabled and self.cfg.tracking.log_model):
+        if not (self.enabled and self.settings.log_model):
             return None
         client, run_id = self._parent()
-        name = self.cfg.registered_model_name
+        name = self.run.registered_model_name
         # A retried task or a resumed job finds the version its run registered before.
         version = self._call(partial(version_of_run, client, name, run_id))
         if version is None:
@@ -397,7 +400,7 @@ class Tracker:
                 name="model",
                 signature=infer_signature(example.numpy(), output),
                 input_example=example.numpy(),
-                registered_model_name=self.cfg.registered_model_name,
+                registered_model_name=self.run.registered_model_name,
                 extra_files=[str(checkpoint)],
                 serialization_format="pt2",
                 pip_requirements=[f"shieldtune=={self.version}"],

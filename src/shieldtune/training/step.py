@@ -2,28 +2,26 @@
 
 This is the one way a step is run, whoever runs it: the ``local`` executor
 calls :meth:`StepRunner.run` in the controller, ``process`` workers and
-Kubernetes step pods build their own runner from the job's config. A step
-never mutates the state it started from (a rollback returns to it).
+Kubernetes step pods build their own runner from the job's step spec
+(:class:`shieldtune.job.StepSpec`). A step never mutates the state it started
+from (a rollback returns to it).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shieldtune.checkpoint import MODEL_KIND, safe_load
-from shieldtune.config import Config, SafetyConfig, TrainingConfig, config_from_dict
-from shieldtune.errors import CheckpointError, ConfigError
-from shieldtune.safety.suite import MetricSuite, test_report
+from shieldtune.config import SafetyConfig, TrainingConfig
+from shieldtune.safety.spec import Constraint
+from shieldtune.safety.suite import MetricSuite
 from shieldtune.tasks.batches import to_device
-from shieldtune.tasks.checker import check_model, load_task_data
-from shieldtune.tasks.contract import Task, TaskData
-from shieldtune.tasks.registry import make_task
+from shieldtune.tasks.checker import check_model
+from shieldtune.tasks.contract import Task, TaskData, build_model
 from shieldtune.training.device import resolve_device
 from shieldtune.training.hyperparameters import apply_to_model
 from shieldtune.training.segment import AdversarialTraining, make_optimizer, train_segment
@@ -62,48 +60,6 @@ class StepResult:
     attempts: int = 1
 
 
-def build_model(task: Task, seed: int, device: torch.device) -> nn.Module:
-    """A fresh model of ``task``, initialised from ``seed`` without touching the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = task.build_model(seed)
-    return model.to(device) if isinstance(model, nn.Module) else model
-
-
-def load_model(model_path: Path) -> tuple[torch.nn.Module, dict[str, Any], Config]:
-    """A checkpoint's model (on the CPU, eval mode), the checkpoint and the job's config."""
-    ckpt = safe_load(model_path, MODEL_KIND)
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise CheckpointError(
-            f"'{model_path}' carries a config this shieldtune cannot use ({exc})"
-        ) from None
-    model = build_model(make_task(cfg.task), 0, torch.device("cpu"))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"'{model_path}' does not fit the model it describes: {first}"
-        ) from None
-    model.eval()
-    return model, ckpt, cfg
-
-
-def checkpoint_report(path: Path, cfg: Config, data: TaskData) -> dict[str, float]:
-    """The test report of a checkpoint's model on ``data`` under ``cfg``'s spec: the current
-    champion re-measured on the challenger's split (see shieldtune.tracking.registry)."""
-    model, _, theirs = load_model(path)
-    if theirs.task.entry_point != cfg.task.entry_point:
-        raise CheckpointError(
-            f"it is a model of task {theirs.task.entry_point!r}, not {cfg.task.entry_point!r}"
-        )
-    task = make_task(cfg.task)
-    device = resolve_device(cfg.training.device)
-    return test_report(task, model, data, cfg.safety, device, cfg.tuner.seed)
-
-
 def cpu_copy(obj: Any) -> Any:
     """A detached CPU copy of a state dict (tensors nested in dicts and lists)."""
     if isinstance(obj, torch.Tensor):
@@ -124,6 +80,7 @@ class StepRunner:
         data: TaskData,
         training: TrainingConfig,
         safety: SafetyConfig,
+        constraints: list[Constraint],
         loader_workers: int = 0,
     ) -> None:
         self.task = task
@@ -131,7 +88,7 @@ class StepRunner:
         self.device = resolve_device(training.device)
         self.data = to_device(data, self.device)
         self.workers = loader_workers
-        self.suite = MetricSuite(task, safety, self.device, loader_workers)
+        self.suite = MetricSuite(task, safety, constraints, self.device, loader_workers)
         domain = data.attack_domain(task)
         self._adversarial = None
         if domain is not None:
@@ -140,14 +97,6 @@ class StepRunner:
                 radius, domain, training.adv_attack, training.adv_pgd_steps
             )
         check_model(task, build_model(task, 0, self.device), self.data)
-
-    @classmethod
-    def from_config(cls, cfg: Config, data: TaskData | None = None) -> StepRunner:
-        """A runner for the job ``cfg`` describes (loading the task's data unless given)."""
-        task = make_task(cfg.task)
-        if data is None:
-            data = load_task_data(task, cfg.data)
-        return cls(task, data, cfg.training, cfg.safety, cfg.data.loader_workers)
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.task, seed, self.device)

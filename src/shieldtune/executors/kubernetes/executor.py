@@ -28,11 +28,12 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from shieldtune.config import Config
+from shieldtune.config import KubernetesConfig
 from shieldtune.errors import ClusterError, StepFailedError, first_line
 from shieldtune.executors.kubernetes.api import default_namespace, load_api_client
 from shieldtune.executors.kubernetes.jobs import Owner, step_job, step_labels
 from shieldtune.executors.step_files import REQUEST_FILE, StepStore, read_result, request_payload
+from shieldtune.job import StepSpec
 from shieldtune.training.step import StepRequest, StepResult
 
 #: Consecutive failed API calls tolerated while polling before the job gives up.
@@ -86,9 +87,11 @@ def _safe_tracking_uri() -> str | None:
 class KubernetesStepExecutor:
     def __init__(
         self,
-        cfg: Config,
+        kubernetes: KubernetesConfig,
+        steps: StepSpec,
         store: StepStore,
         *,
+        retries: int = 2,
         api_client: client.ApiClient | None = None,
         namespace: str | None = None,
         mlflow_run_id: str | None = None,
@@ -96,10 +99,10 @@ class KubernetesStepExecutor:
         owner: Owner | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.k = cfg.kubernetes
+        self.k = kubernetes
         self.store = store
-        self.retries = cfg.tuner.step_retries
-        self._config = cfg.to_dict()
+        self.retries = retries
+        self._steps = steps
         self._api = api_client or load_api_client(self.k.context)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
@@ -123,7 +126,7 @@ class KubernetesStepExecutor:
     def run_many(self, requests: Sequence[StepRequest]) -> list[StepResult]:
         steps = [_Step(secrets.token_hex(5), r) for r in requests]
         for s in steps:
-            self.store.put(s.step_id, REQUEST_FILE, request_payload(s.request, self._config))
+            self.store.put(s.step_id, REQUEST_FILE, request_payload(s.request, self._steps))
         try:
             for s in steps:
                 self._submit(s)

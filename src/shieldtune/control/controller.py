@@ -1,0 +1,131 @@
+"""The shielded controller: the DQN agent choosing among the actions the shield allows.
+
+Per step: the shield predicts the cost of every action and masks the unsafe
+ones, the agent picks an allowed action epsilon-greedily (following the
+baseline schedule unless it is confident another move is better), the
+environment trains the segment, and agent and critic learn from the
+transition. It reads only what the env's public API shows: observations,
+``info`` and the action masks in it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shieldtune.checkpoint import POLICY_KIND, safe_load
+from shieldtune.config import AgentConfig, ShieldConfig
+from shieldtune.control.agent import DQNAgent
+from shieldtune.control.search_space import SearchSpace
+from shieldtune.control.shield import SafetyShield, ShieldDecision
+from shieldtune.control.vector_env import Outcome
+
+
+class Timer:
+    """Accumulates the wall time of the controller's own work (agent + shield)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> Timer:
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._t
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What one transition taught: the shield's decision for the next state, the losses."""
+
+    decision: ShieldDecision
+    q_loss: float | None
+    critic_loss: float | None
+
+
+def warmup_cost(info: dict[str, Any]) -> float | None:
+    """The accepted state's cost while the episode has not yet been safe (the shield's
+    warm-up rule: first lower the cost, then raise accuracy)."""
+    return None if info["safe_reached"] else float(info["state_cost"])
+
+
+class ShieldedController:
+    """One DQN agent and one safety critic, learning from every environment's transitions."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        space: SearchSpace,
+        agent: AgentConfig,
+        shield: ShieldConfig,
+        seed: int,
+    ) -> None:
+        self.space = space
+        self.epsilon_unsafe = agent.epsilon_unsafe
+        self.agent = DQNAgent(
+            obs_dim, space.n_actions, agent, seed=seed, baseline_action=space.keep_action
+        )
+        self.shield = SafetyShield(obs_dim, space.n_actions, shield, seed=seed)
+        self.timer = Timer()
+
+    def warm_start(self, source: str) -> str:
+        """Load a policy file into the agent and the critic; what happened, in words."""
+        policy = safe_load(source, POLICY_KIND)
+        self.agent.load_state_dict(policy["agent"], warm_start=True)
+        self.shield.load_state_dict(policy["shield"], warm_start=True)
+        return f"warm start from {source}"
+
+    def first_decision(self, obs: np.ndarray, info: dict[str, Any]) -> ShieldDecision:
+        """The shield's decision for an episode's first state."""
+        with self.timer:
+            return self.shield.decide(obs, info["action_mask"], warmup_cost=warmup_cost(info))
+
+    def act(self, obs: np.ndarray, decision: ShieldDecision, info: dict[str, Any]) -> int:
+        """An allowed action for the state ``obs`` / ``info`` describe."""
+        with self.timer:
+            explore = None
+            if not info["safe_reached"]:
+                explore = max(self.agent.epsilon, self.epsilon_unsafe)
+            safe = info["state_certified"] == "safe"
+            return self.agent.choose_action(
+                obs,
+                decision.allowed,
+                epsilon=explore,
+                baseline=self.space.baseline_action(info["hyperparameters"], safe),
+            )
+
+    def learn(self, obs: np.ndarray, action: int, out: Outcome) -> Learned:
+        """Learn from the transition ``obs --action--> out``; the next state's decision."""
+        info = out.info
+        with self.timer:
+            rejected = (info["violation"] or info["collapsed"]) and not info["accepted"]
+            next_decision = self.shield.decide(
+                out.obs,
+                info["action_mask"],
+                action if rejected else None,
+                warmup_cost=warmup_cost(info),
+            )
+            self.agent.remember(
+                obs,
+                action,
+                out.reward,
+                float(info["cost"]),
+                out.obs,
+                out.done,
+                next_decision.allowed,
+            )
+            self.shield.record()
+            q_loss = self.agent.update()
+            critic_loss = self.shield.update(self.agent.buffer)
+        return Learned(next_decision, q_loss, critic_loss)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"agent": self.agent.snapshot(), "shield": self.shield.snapshot()}
+
+    def restore(self, agent: dict[str, Any], shield: dict[str, Any]) -> None:
+        self.agent.restore(agent)
+        self.shield.restore(shield)

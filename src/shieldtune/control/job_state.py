@@ -1,0 +1,235 @@
+"""A tuning job's state on disk: its run folder, the lock, the crash-safe snapshot, resume.
+
+After every round of environment steps the whole controller (networks,
+optimizers, replay buffer, critic, RNG states, environments, counters,
+best-so-far and the metric batches of that round) is saved atomically to
+``STATE_FILE`` in the run's folder; :func:`find_resume_state` reads it back
+so an interrupted job continues with no step lost or repeated and no MLflow
+metric logged twice. One process holds a run at a time (:class:`RunLock`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shieldtune.checkpoint import atomic_save, register_kind, safe_load
+from shieldtune.config import DEFAULT_OUTPUT_DIR
+from shieldtune.control.shield import ShieldDecision
+from shieldtune.errors import CheckpointError, StorageError, first_line, is_existing_file
+from shieldtune.runlock import RunLock
+
+CONTROLLER_KIND = register_kind(
+    "shieldtune.controller/v2",
+    {
+        "config": (dict,),
+        "run_label": (str,),
+        "parent_run_id": (str, type(None)),
+        "agent": (dict,),
+        "shield": (dict,),
+        "envs": (list,),
+        "slots": (list,),
+        "job": (dict,),
+        "torch_rng": (torch.Tensor,),
+        "pending_metrics": (list,),
+    },
+)
+#: The crash-safe controller checkpoint in a job's output folder, rewritten after every round.
+STATE_FILE = "controller_state.pt"
+
+
+@dataclass
+class BestFeasible:
+    """The best certified-safe state so far, with what it takes to save and retrain it."""
+
+    episode: int
+    step: int
+    global_step: int
+    val_metrics: dict[str, float]
+    init_seed: int
+    schedule: list[dict[str, Any]]
+    model_state: dict[str, torch.Tensor] = field(repr=False)
+
+
+@dataclass
+class JobState:
+    """Counters and logs of the whole job, shared by every environment slot."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    best: BestFeasible | None = None
+    next_episode: int = 0
+    global_step: int = 0
+    samples: int = 0
+    violations: int = 0
+    warmup: int = 0
+    diverged: int = 0
+    certified_safe: int = 0
+    undecided: int = 0
+    #: Where the controller's policy came from (kept across a resume).
+    warm_start: str = "cold start"
+    retries: int = 0
+    stop_reason: str | None = None
+    #: Wall and controller time spent before the last resume.
+    wall_before: float = 0.0
+    controller_before: float = 0.0
+
+    def count(self, info: dict[str, Any], samples: int, attempts: int) -> None:
+        """Count one trained segment (its ``info``, samples and worker attempts)."""
+        self.global_step += 1
+        self.samples += samples
+        self.retries += attempts - 1
+        self.violations += int(bool(info["violation"]))
+        self.warmup += int(info["warmup"])
+        self.diverged += int(info["diverged"])
+        self.certified_safe += int(info["certified"] == "safe")
+        self.undecided += int(info["certified"] == "undecided")
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = {k: v for k, v in vars(self).items() if k != "best"}
+        snap["best"] = None if self.best is None else asdict(self.best)
+        return snap
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> JobState:
+        best = snap["best"]
+        return cls(**{**snap, "best": None if best is None else BestFeasible(**best)})
+
+
+@dataclass
+class Slot:
+    """One environment of the vector env and the episode it is running (the controller's
+    view of it: the last observation, ``info`` and shield decision, the action taken)."""
+
+    index: int
+    episode: int | None = None
+    run_id: str | None = None
+    needs_reset: bool = False
+    obs: np.ndarray | None = None
+    #: The last ``info`` the env returned (what the controller decides from).
+    info: dict[str, Any] | None = None
+    decision: ShieldDecision | None = None
+    action: int = 0
+    episode_return: float = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = dict(vars(self))
+        snap["obs"] = None if self.obs is None else torch.from_numpy(self.obs.copy())
+        snap["decision"] = None if self.decision is None else self.decision.snapshot()
+        snap["info"] = None if self.info is None else _plain(self.info)
+        return snap
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> Slot:
+        d, obs, info = snap["decision"], snap["obs"], snap["info"]
+        return cls(
+            **{
+                **snap,
+                "obs": None if obs is None else obs.numpy(),
+                "decision": None if d is None else ShieldDecision.restore(d),
+                "info": None
+                if info is None
+                else {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()},
+            }
+        )
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` as weights-only-loadable data (arrays such as the action mask as tensors)."""
+    return {
+        k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in info.items()
+    }
+
+
+def find_resume_state(output_dir: str | Path, run_id: str) -> dict[str, Any]:
+    """The saved controller state of job ``run_id`` (its MLflow run id or output folder name)."""
+    if not run_id or "/" in run_id or run_id in (".", "..") or not run_id.isprintable():
+        raise CheckpointError(f"--resume {run_id!r} must be a run id (an output folder name)")
+    path = Path(output_dir) / run_id / STATE_FILE
+    if not is_existing_file(path):
+        raise CheckpointError(
+            f"no saved controller state for run {run_id} at {str(path)!r}; pass the run id "
+            "printed by the interrupted job and the same tuner.output_dir"
+        )
+    return safe_load(path, CONTROLLER_KIND)
+
+
+def check_output_dir(folder: Path) -> None:
+    """Refuse, before any MLflow run is opened and without creating anything, a
+    ``tuner.output_dir`` that cannot hold runs: a file, or below an unwritable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if existing.exists() and not existing.is_dir():
+        problem = f"{str(existing)!r} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{str(existing)!r} is not writable"
+    if problem:
+        raise StorageError(
+            f"tuner.output_dir {str(folder)!r} cannot hold the run: {problem}; point it at a "
+            "writable folder"
+        )
+
+
+def new_run_label(parent_run_id: str | None) -> str:
+    """The run's MLflow id, or without MLflow a time stamp plus a random suffix: two jobs
+    started in the same second must never share (and overwrite) a folder."""
+    return parent_run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+class RunFolder:
+    """The run's folder under ``tuner.output_dir``, held by this process, with its state file."""
+
+    def __init__(self, output_dir: str, run_label: str) -> None:
+        self.output_dir = output_dir
+        self.run_label = run_label
+        self.path = Path(output_dir) / run_label
+        try:
+            # (A retried pipeline task resumes from MLflow on a fresh disk: create it.)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {str(self.path)!r}: {exc.strerror or exc}") from None
+        self.lock = RunLock(self.path, run_label).acquire()
+        #: Whether a state file exists, so an error can point at ``--resume``.
+        self.saved = False
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def resume_hint(self) -> str:
+        where = (
+            ""
+            if self.output_dir == DEFAULT_OUTPUT_DIR
+            else f" --set tuner.output_dir={shlex.quote(self.output_dir)}"
+        )
+        return f"shieldtune tune --resume {self.run_label}{where}"
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write the controller's state atomically (kind and label added here)."""
+        path = atomic_save(
+            {"kind": CONTROLLER_KIND, "run_label": self.run_label, **state}, self.state_file
+        )
+        self.saved = True
+        return path
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def restore_failed(run_label: str, exc: Exception) -> CheckpointError:
+    """The one-line error for a state file that is incomplete or from another version."""
+    return CheckpointError(
+        f"the saved state of run {run_label} is incomplete or from another version "
+        f"({type(exc).__name__}: {first_line(exc, 120)}); it cannot be resumed"
+    )
