@@ -1,4 +1,5 @@
-"""Fault injection: failing step pods, an MLflow server restarted mid-run.
+"""Fault injection: failing step pods (the Kubernetes API stand-in), a real MLflow server
+restarted mid-run.
 
 (Missing or corrupted data files are covered in test_data.py.)
 """
@@ -20,8 +21,8 @@ from shieldtune.config import config_from_dict
 from shieldtune.control.tuner import run_tuning
 
 from .conftest import tiny_cli_args
-from .k8s_standin import K8sApiStandIn
-from .mlflow_server import MlflowServer
+from .standins.k8s_standin import K8sApiStandIn
+from .standins.mlflow_server import MlflowServer
 from .test_k8s_executor import CLAIM, k8s_config
 from .test_tuner import read_jsonl
 

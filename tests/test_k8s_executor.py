@@ -29,7 +29,7 @@ from shieldtune.job import Job
 from shieldtune.training.step import StepRequest
 
 from .conftest import tiny_cli_args, tiny_dict
-from .k8s_standin import K8sApiStandIn
+from .standins.k8s_standin import K8sApiStandIn
 from .test_executors import HYPER, assert_same_result
 from .test_tuner import read_jsonl
 

@@ -19,7 +19,7 @@ from shieldtune.errors import ConfigError, ShieldtuneError
 from shieldtune.pipeline import remote
 from shieldtune.pipeline.remote import KfpError, KfpTarget, UploadResult
 
-from .kfp_standin import ApiError, KfpStandIn
+from .standins.kfp_standin import ApiError, KfpStandIn
 
 TOKEN = "s3cr3t-t0ken-value"
 NAMESPACE = "team-a"

@@ -29,7 +29,7 @@ from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import CHAMPION_ALIAS
 
 from .conftest import tiny_cli_args, tiny_dict
-from .mlflow_server import MlflowServer
+from .standins.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
