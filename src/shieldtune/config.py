@@ -264,8 +264,19 @@ class TunerConfig:
     #: Who trains each step: ``local`` (this process), ``process`` (a pool of ``num_envs``
     #: worker processes here) or ``kubernetes`` (one Job per step; see the ``kubernetes`` keys).
     executor: str = field(default="local", metadata=_choices("local", "process", "kubernetes"))
-    #: Environments stepped at once; the DQN learns from all of them.
+    #: Environments stepped at once; the DQN and the critic learn from all of them. With one
+    #: episode (the default) these are a *population* of that many training runs (members)
+    #: learning together, with PBT's exploit under the shield; with more episodes they take
+    #: the episodes in turn.
     num_envs: int = field(default=1, metadata=_range(1, 256))
+    #: A population member's budget: ``full`` (each trains the whole episode: N times the
+    #: samples in the wall time of one run on N workers) or ``split`` (the episode's segments
+    #: shared out, env.steps_per_episode / N each: the samples of one run).
+    member_budget: str = field(default="full", metadata=_choices("full", "split"))
+    #: Every this many segments, a member behind (bottom exploit_fraction by validation
+    #: accuracy) or not certified safe copies a certified-safe member from the top; 0: never.
+    exploit_interval: int = field(default=4, metadata=_range(0, 10000))
+    exploit_fraction: float = field(default=0.25, metadata=_range(0.01, 0.5))
     #: A step whose worker process or pod fails (or is evicted) is retried this many times,
     #: then the job stops with an error naming the step.
     step_retries: int = field(default=2, metadata=_range(0, 20))
@@ -535,6 +546,13 @@ def _check_cross_field(cfg: Config) -> None:
     if not cfg.env.search_space:
         raise ConfigError(
             "config key 'env.search_space' is empty; list at least one hyperparameter"
+        )
+    t = cfg.tuner
+    if t.episodes == 1 and t.member_budget == "split" and t.num_envs > cfg.env.steps_per_episode:
+        raise ConfigError(
+            f"config key 'tuner.num_envs' = {t.num_envs} members cannot share "
+            f"env.steps_per_episode = {cfg.env.steps_per_episode} segments "
+            "(tuner.member_budget=split); use fewer members or tuner.member_budget=full"
         )
     _check_executor(cfg)
     _check_device(cfg)

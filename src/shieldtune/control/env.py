@@ -102,8 +102,11 @@ class AcceptedModel:
     metrics: dict[str, float]
 
 
-def _segment_seed(episode_seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([episode_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+def _segment_seed(episode_seed: int, step: int, member: int = 0) -> int:
+    """Segment ``step``'s data-order seed; a population member after the first has a stream
+    of its own, so a member that copied another's state does not replay its batches."""
+    key = [episode_seed, step] if member == 0 else [episode_seed, step, member]
+    return int(np.random.SeedSequence(key).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class HyperparamEnv(gym.Env):
@@ -114,11 +117,19 @@ class HyperparamEnv(gym.Env):
         config: Job | Config | dict | None = None,
         executor: StepExecutor | None = None,
         render_mode: str | None = None,
+        *,
+        member: int = 0,
+        start_levels: dict[str, float] | None = None,
+        steps_per_episode: int | None = None,
     ) -> None:
         """``config``: the job (or a config or plain config data, resolved here: the way
         ``gymnasium.make(ENV_ID, config=...)`` passes it). The env reads the job's search
         space, constraints, fixed hyperparameters, the episode's length and segment size, and
-        the shield's judging rules; ``executor`` runs its steps (default: in this process)."""
+        the shield's judging rules; ``executor`` runs its steps (default: in this process).
+
+        A population member (see :mod:`shieldtune.control.population`) has its own
+        ``member`` index (its segments' data-order stream), ``start_levels`` and, when the
+        budget is split between members, its own ``steps_per_episode``."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode {render_mode!r} is not supported; this env renders nothing"
@@ -128,7 +139,9 @@ class HyperparamEnv(gym.Env):
         self.space = job.space
         self.constraints = job.constraints
         self._fixed = job.fixed
-        self._steps_per_episode = job.config.env.steps_per_episode
+        self._steps_per_episode = steps_per_episode or job.config.env.steps_per_episode
+        self.member = member
+        self._start_levels = dict(start_levels) if start_levels else None
         self._segment_samples = job.config.training.segment_samples
         self._rules = job.config.shield
         self._step_spec = job.steps
@@ -238,7 +251,7 @@ class HyperparamEnv(gym.Env):
         """Start a new episode; returns the request that builds (and evaluates) a fresh model."""
         super().reset(seed=seed)
         self.episode_seed = int(self.np_random.integers(2**31 - 1))
-        self.hyperparameters = self.space.initial()
+        self.hyperparameters = dict(self._start_levels or self.space.initial())
         self.t = self.samples_used = 0
         self.schedule = []
         self._last_reward = 0.0
@@ -281,7 +294,7 @@ class HyperparamEnv(gym.Env):
             self.state,
             self.full_hyperparameters(self._proposed),
             self._segment_samples,
-            _segment_seed(self.episode_seed, self.t),
+            _segment_seed(self.episode_seed, self.t, self.member),
         )
 
     def complete_step(self, result: StepResult):
@@ -289,7 +302,7 @@ class HyperparamEnv(gym.Env):
         if self._proposed is None:
             raise RuntimeError("prepare_step() must come before complete_step()")
         proposed, self._proposed = self._proposed, None
-        seed = _segment_seed(self.episode_seed, self.t)
+        seed = _segment_seed(self.episode_seed, self.t, self.member)
         self.samples_used += result.samples
         previous_acc = self.metrics["val_acc"]
         previous_violation = max(self.cost, 0.0)
@@ -374,6 +387,13 @@ class HyperparamEnv(gym.Env):
             "safe_reached": self.safe_reached,
             "np_random": rng_state(self.np_random),
         }
+
+    def adopt(self, donor: HyperparamEnv) -> None:
+        """Take over ``donor``'s whole accepted state (weights, optimizer, levels, schedule
+        position and history: PBT's exploit), keeping this env's own member stream and RNG."""
+        own_rng = rng_state(self.np_random)
+        self.restore(donor.snapshot())
+        set_rng_state(self.np_random, own_rng)
 
     def restore(self, snap: dict[str, Any]) -> None:
         model = snap["model"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from shieldtune.checkpoint import atomic_save, register_kind, safe_load
-from shieldtune.config import DEFAULT_OUTPUT_DIR
+from shieldtune.config import DEFAULT_OUTPUT_DIR, TunerConfig
 from shieldtune.control.shield import ShieldDecision
 from shieldtune.errors import CheckpointError, StorageError, first_line, is_existing_file
 from shieldtune.runlock import RunLock
@@ -40,6 +40,7 @@ CONTROLLER_KIND = register_kind(
         "job": (dict,),
         "torch_rng": (torch.Tensor,),
         "pending_metrics": (list,),
+        "population": (dict, type(None)),
     },
 )
 #: The crash-safe controller checkpoint in a job's output folder, rewritten after every round.
@@ -57,6 +58,8 @@ class BestFeasible:
     init_seed: int
     schedule: list[dict[str, Any]]
     model_state: dict[str, torch.Tensor] = field(repr=False)
+    #: The population member (env slot) whose training run reached it.
+    member: int = 0
 
 
 @dataclass
@@ -65,6 +68,8 @@ class JobState:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    #: A population's exploit decisions (who copied whom, when, why).
+    exploits: list[dict[str, Any]] = field(default_factory=list)
     best: BestFeasible | None = None
     next_episode: int = 0
     global_step: int = 0
@@ -119,6 +124,9 @@ class Slot:
     decision: ShieldDecision | None = None
     action: int = 0
     episode_return: float = 0.0
+    #: A population member that has just copied this member's state (its next action avoids
+    #: the donor's; see shieldtune.control.population).
+    copied_from: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         snap = dict(vars(self))
@@ -233,3 +241,24 @@ def restore_failed(run_label: str, exc: Exception) -> CheckpointError:
         f"the saved state of run {run_label} is incomplete or from another version "
         f"({type(exc).__name__}: {first_line(exc, 120)}); it cannot be resumed"
     )
+
+
+def completed_reason(population: bool, state: JobState) -> str:
+    """Why a job that ran out of episodes stopped (a diverged run ends early, and says so)."""
+    what = "the population's training runs" if population else "all episodes"
+    if state.diverged:
+        return f"completed {what} ({state.diverged} diverged segment(s) ended a run early)"
+    return f"completed {what}"
+
+
+def early_stop(t: TunerConfig, best: BestFeasible | None, violations: int) -> str | None:
+    """The stop rule a job has hit (tuner.target_val_acc, tuner.max_violations), if any."""
+    if (
+        t.target_val_acc is not None
+        and best is not None
+        and best.val_metrics["val_acc"] >= t.target_val_acc
+    ):
+        return f"reached target_val_acc {t.target_val_acc}"
+    if t.max_violations is not None and violations >= t.max_violations:
+        return f"hit max_violations {t.max_violations}"
+    return None
