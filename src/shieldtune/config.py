@@ -172,6 +172,10 @@ class SafetyConfig:
     #: Members and non-members each for membership inference (at most the smaller split);
     #: half of each calibrates the attack's threshold, the other half scores it.
     mia_samples: int = field(default=1000, metadata=_range(4, 10_000_000))
+    #: With a PGD constraint (some 20 passes a sample): the samples of the one look a state
+    #: gets when it cannot be selected (its accuracy does not beat the job's best certified
+    #: state), enough for the point estimate the controller learns from.
+    screen_samples: int = field(default=50, metadata=_range(1, 10_000_000))
 
 
 @dataclass
@@ -274,8 +278,9 @@ class TunerConfig:
     #: shared out, env.steps_per_episode / N each: the samples of one run).
     member_budget: str = field(default="full", metadata=_choices("full", "split"))
     #: Every this many segments, a member behind (bottom exploit_fraction by validation
-    #: accuracy) or not certified safe copies a certified-safe member from the top; 0: never.
-    exploit_interval: int = field(default=4, metadata=_range(0, 10000))
+    #: accuracy) or not certified safe copies a certified-safe member from the top; 0: never;
+    #: null: a quarter of a member's segments (at least 2).
+    exploit_interval: int | None = field(default=None, metadata=_range(0, 10000))
     exploit_fraction: float = field(default=0.25, metadata=_range(0.01, 0.5))
     #: A step whose worker process or pod fails (or is evicted) is retried this many times,
     #: then the job stops with an error naming the step.

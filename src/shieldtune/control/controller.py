@@ -11,7 +11,7 @@ transition. It reads only what the env's public API shows: observations,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,19 @@ class ShieldedController:
         agent: AgentConfig,
         shield: ShieldConfig,
         seed: int,
+        streams: int = 1,
     ) -> None:
+        """``streams``: transitions per round (a population's members). The schedules the
+        configs count in steps (learning starts, epsilon decay, target updates, when the
+        critic is trusted) then count rounds, so a member's k-th segment sees the controller
+        a single run's k-th segment would, trained on N times the data."""
+        if streams > 1:
+            agent = replace(
+                agent,
+                learning_starts=agent.learning_starts * streams,
+                epsilon_decay_steps=agent.epsilon_decay_steps * streams,
+            )
+            shield = replace(shield, critic_min_samples=shield.critic_min_samples * streams)
         self.space = space
         self.epsilon_unsafe = agent.epsilon_unsafe
         self.agent = DQNAgent(

@@ -164,6 +164,9 @@ class HyperparamEnv(gym.Env):
         self.safe_reached = False
         self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "attempts": 1}
         self._proposed: dict[str, float] | None = None
+        #: The validation accuracy a state must beat to be selectable (a job sets it to its
+        #: best certified state's; -inf certifies every state as far as the looks go).
+        self.selection_bar = float("-inf")
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -295,6 +298,7 @@ class HyperparamEnv(gym.Env):
             self.full_hyperparameters(self._proposed),
             self._segment_samples,
             _segment_seed(self.episode_seed, self.t, self.member),
+            self.selection_bar,
         )
 
     def complete_step(self, result: StepResult):

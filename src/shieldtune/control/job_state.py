@@ -14,6 +14,7 @@ import os
 import secrets
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,28 @@ class JobState:
         self.diverged += int(info["diverged"])
         self.certified_safe += int(info["certified"] == "safe")
         self.undecided += int(info["certified"] == "undecided")
+
+    def consider(
+        self, episode: int, member: int, info: dict[str, Any], model: Callable[[], Any]
+    ) -> None:
+        """Keep the state ``info`` describes if it is the best certified-safe one so far (only
+        states certified safe at safety.confidence are ever selected); ``model()`` gives its
+        :class:`~shieldtune.control.env.AcceptedModel`."""
+        if not (info["accepted"] and info["state_certified"] == "safe"):
+            return
+        if self.best is not None and info["metrics"]["val_acc"] <= self.best.val_metrics["val_acc"]:
+            return
+        m = model()
+        self.best = BestFeasible(
+            episode,
+            info["step"],
+            self.global_step,
+            m.metrics,
+            m.init_seed,
+            m.schedule,
+            m.model_state,
+            member,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         snap = {k: v for k, v in vars(self).items() if k != "best"}

@@ -179,18 +179,31 @@ def member_environments(job: Job, executor: StepExecutor | None) -> list[Hyperpa
     t = job.config.tuner
     if not is_population(t):
         return [HyperparamEnv(job, executor) for _ in range(min(t.num_envs, t.episodes))]
-    steps = job.config.env.steps_per_episode
-    member_steps = steps if t.member_budget == "full" else max(1, steps // t.num_envs)
     return [
         HyperparamEnv(
             job,
             executor,
             member=m,
             start_levels=spread_levels(job.space, m, t.seed),
-            steps_per_episode=member_steps,
+            steps_per_episode=member_steps(job),
         )
         for m in range(t.num_envs)
     ]
+
+
+def member_steps(job: Job) -> int:
+    """Segments each member trains: the episode's, or its share (tuner.member_budget split)."""
+    t, steps = job.config.tuner, job.config.env.steps_per_episode
+    return steps if t.member_budget == "full" else max(1, steps // t.num_envs)
+
+
+def exploit_rule(job: Job) -> ExploitRule:
+    """The job's rule, every tuner.exploit_interval segments (default: a member's quarter)."""
+    t = job.config.tuner
+    interval = t.exploit_interval
+    if interval is None:
+        interval = max(2, member_steps(job) // 4)
+    return ExploitRule(interval, t.exploit_fraction, t.seed)
 
 
 def is_population(tuner: TunerConfig) -> bool:
@@ -200,8 +213,7 @@ def is_population(tuner: TunerConfig) -> bool:
 
 def total_steps(job: Job) -> int:
     """Segments the whole job trains (every member's, in population mode)."""
-    t, steps = job.config.tuner, job.config.env.steps_per_episode
+    t = job.config.tuner
     if not is_population(t):
-        return t.episodes * steps
-    member_steps = steps if t.member_budget == "full" else max(1, steps // t.num_envs)
-    return t.num_envs * member_steps
+        return t.episodes * job.config.env.steps_per_episode
+    return t.num_envs * member_steps(job)

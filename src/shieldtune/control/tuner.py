@@ -12,6 +12,7 @@ saved so a killed job resumes where it stopped (:mod:`~shieldtune.control.job_st
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ from shieldtune.control.controller import Learned, ShieldedController
 from shieldtune.control.finish import TuningSummary, finish_job, with_test_prefix
 from shieldtune.control.job_state import (
     STATE_FILE,
-    BestFeasible,
     JobState,
     RunFolder,
     Slot,
@@ -37,8 +37,8 @@ from shieldtune.control.job_state import (
     restore_failed,
 )
 from shieldtune.control.population import (
-    ExploitRule,
     Population,
+    exploit_rule,
     is_population,
     member_environments,
     member_seed,
@@ -79,8 +79,11 @@ def run_tuning(
     if cfg.tuner.executor != "kubernetes":  # steps run on this machine: its device must exist
         job.device()
     vec = HyperparamVectorEnv(member_environments(job, executor), executor)
+    streams = vec.num_envs if is_population(cfg.tuner) else 1
     obs_dim = int(vec.single_observation_space.shape[0])
-    controller = ShieldedController(obs_dim, job.space, cfg.agent, cfg.shield, cfg.tuner.seed)
+    controller = ShieldedController(
+        obs_dim, job.space, cfg.agent, cfg.shield, cfg.tuner.seed, streams
+    )
     warm_note = "cold start"
     if cfg.tuner.warm_start and resume is None:
         warm_note = controller.warm_start(cfg.tuner.warm_start)
@@ -148,12 +151,7 @@ class _Loop:
         self.start = start
         self.slots = [Slot(i) for i in range(vec.num_envs)]
         self.state = JobState()
-        t = job.config.tuner
-        self.population = (
-            Population(ExploitRule(t.exploit_interval, t.exploit_fraction, t.seed))
-            if is_population(t)
-            else None
-        )
+        self.population = Population(exploit_rule(job)) if is_population(job.config.tuner) else None
 
     def begin(self, resume: dict[str, Any] | None, warm_note: str) -> None:
         """Restore a saved job, or save the first state (resumable from the moment its MLflow
@@ -217,7 +215,10 @@ class _Loop:
             if not active:
                 s.stop_reason = completed_reason(self.population is not None, s)
                 break
-            self.vec.step_async(self._commands(active))
+            # A state must beat the best certified one to be selectable (the selection bar).
+            self.vec.step_async(
+                self._commands(active), s.best.val_metrics["val_acc"] if s.best else -math.inf
+            )
             stepped = []
             for index, out in self.vec.step_wait().items():
                 slot = self.slots[index]
@@ -298,23 +299,7 @@ class _Loop:
         s.records.append(record)
         s.audit.append(audit_entry(self.job.space, ctx, out))
         self.tracker.log_step(slot.run_id, step_metrics(record), step=info["step"])
-        # Only states certified safe at safety.confidence are ever selected.
-        if (
-            info["accepted"]
-            and info["state_certified"] == "safe"
-            and (s.best is None or info["metrics"]["val_acc"] > s.best.val_metrics["val_acc"])
-        ):
-            model = self.vec.envs[slot.index].accepted_checkpoint()
-            s.best = BestFeasible(
-                slot.episode,
-                info["step"],
-                s.global_step,
-                model.metrics,
-                model.init_seed,
-                model.schedule,
-                model.model_state,
-                slot.index,
-            )
+        s.consider(slot.episode, slot.index, info, self.vec.envs[slot.index].accepted_checkpoint)
         slot.obs, slot.info, slot.decision = out.obs, info, learned.decision
 
     def _end_episode(self, slot: Slot) -> None:
