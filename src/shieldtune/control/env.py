@@ -14,7 +14,9 @@ segment with the hyperparameters the action chose, then evaluates it.
   ``shield.cost_penalty * max(cost, 0)``.
 * The budget's end is ``terminated`` (the observation carries budget progress, so
   it is part of the state, not a time limit); ``truncated`` is always False.
-* ``render_mode``: accepted as Gymnasium passes it; there is nothing to render.
+* ``render_mode``: ``rgb_array`` (the episode's trajectory so far as an image: the
+  hyperparameters, validation accuracy and each constraint's metric with its threshold)
+  or ``ansi`` (a text row per step); see :mod:`shieldtune.control.render`.
 * ``action_masks()``: the allowed actions as booleans, for sb3-contrib's MaskablePPO.
 
 ``info``, the same keys after ``reset`` and ``step``:
@@ -110,7 +112,7 @@ def _segment_seed(episode_seed: int, step: int, member: int = 0) -> int:
 
 
 class HyperparamEnv(gym.Env):
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -132,7 +134,8 @@ class HyperparamEnv(gym.Env):
         budget is split between members, its own ``steps_per_episode``."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
-                f"render_mode {render_mode!r} is not supported; this env renders nothing"
+                f"render_mode {render_mode!r} is not supported; choose one of "
+                f"{', '.join(self.metadata['render_modes'])} or None"
             )
         self.render_mode = render_mode
         job = _as_job(config)
@@ -167,6 +170,8 @@ class HyperparamEnv(gym.Env):
         #: The validation accuracy a state must beat to be selectable (a job sets it to its
         #: best certified state's; -inf certifies every state as far as the looks go).
         self.selection_bar = float("-inf")
+        #: What render() draws: one row per step of this episode.
+        self._history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -257,6 +262,7 @@ class HyperparamEnv(gym.Env):
         self.hyperparameters = dict(self._start_levels or self.space.initial())
         self.t = self.samples_used = 0
         self.schedule = []
+        self._history = []
         self._last_reward = 0.0
         self._proposed = None
         return StepRequest(
@@ -370,7 +376,26 @@ class HyperparamEnv(gym.Env):
             "eval_seconds": result.eval_seconds,
             "attempts": result.attempts,
         }
+        trained = self.full_hyperparameters(proposed)
+        self._history.append(
+            {
+                "step": self.t,
+                **{name: float(trained[name]) for name in self.space.names},
+                **{k: float(v) for k, v in observed.items()},
+                "accepted": bool(accepted),
+            }
+        )
         return self._observation(), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray | str | None:
+        """The episode so far: an RGB image (``rgb_array``) or text rows (``ansi``)."""
+        from shieldtune.control import render
+
+        if self.render_mode == "rgb_array":
+            return render.trajectory_rgb(self._history, self.space.names, self.constraints)
+        if self.render_mode == "ansi":
+            return render.trajectory_ansi(self._history, self.space.names, self.constraints)
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """This environment between steps, for a crash-safe checkpoint (weights-only types)."""
@@ -386,6 +411,7 @@ class HyperparamEnv(gym.Env):
             "t": self.t,
             "samples_used": self.samples_used,
             "last_reward": self._last_reward,
+            "history": [dict(h) for h in self._history],
             "cost": self.cost,
             "certified": int(self.certified),
             "safe_reached": self.safe_reached,
@@ -415,6 +441,7 @@ class HyperparamEnv(gym.Env):
         ]
         self.episode_seed, self.t = int(snap["episode_seed"]), int(snap["t"])
         self.samples_used, self._last_reward = int(snap["samples_used"]), snap["last_reward"]
+        self._history = [dict(h) for h in snap["history"]]
         self.cost, self.safe_reached = snap["cost"], bool(snap["safe_reached"])
         self.certified = Decision(int(snap["certified"]))
         set_rng_state(self.np_random, snap["np_random"])
