@@ -25,7 +25,8 @@ segment with the hyperparameters the action chose, then evaluates it.
   ``action_space.sample(mask=...)``): actions the hard bounds allow next;
 * ``step``: segments trained in this episode;
 * ``hyperparameters``: the accepted levels now; ``proposed_hyperparameters``: the
-  levels this step trained at (after ``reset``: the initial levels);
+  levels this step trained at (``trained_hyperparameters``: the values the optimizer
+  used, a level with its schedule applied, e.g. times the cosine decay) (after ``reset``: the initial levels);
 * ``metrics``: the accepted state's metrics; ``observed_metrics``: this step's
   measured result, accepted or not (after ``reset``: the fresh model's);
 * ``samples_used``: training samples spent in this episode;
@@ -196,6 +197,9 @@ class HyperparamEnv(gym.Env):
         progress = max(self.t - 1, 0) / self._steps_per_episode
         return {**self._fixed, **self.space.scheduled(tuned, progress)}
 
+    def _tuned(self, values: dict[str, float]) -> dict[str, float]:
+        return {name: float(values[name]) for name in self.space.names}
+
     def action_mask(self) -> np.ndarray:
         """Actions the hard bounds allow from here, as int8 (Gymnasium's mask convention)."""
         return self.space.valid_mask(self.hyperparameters).astype(np.int8)
@@ -285,6 +289,7 @@ class HyperparamEnv(gym.Env):
             collapsed=False,
             diverged=False,
             proposed_hyperparameters=dict(self.hyperparameters),
+            trained_hyperparameters=self._tuned(self.full_hyperparameters(self.hyperparameters)),
             observed_metrics=dict(self.metrics),
         )
         return self._observation(), info
@@ -368,6 +373,7 @@ class HyperparamEnv(gym.Env):
             collapsed=collapsed,
             diverged=result.diverged,
             proposed_hyperparameters=proposed,
+            trained_hyperparameters=self._tuned(self.full_hyperparameters(proposed)),
             observed_metrics=dict(observed),
         )
         # Timings live outside ``info`` so that info is a deterministic function of seed and action.
@@ -376,11 +382,10 @@ class HyperparamEnv(gym.Env):
             "eval_seconds": result.eval_seconds,
             "attempts": result.attempts,
         }
-        trained = self.full_hyperparameters(proposed)
         self._history.append(
             {
                 "step": self.t,
-                **{name: float(trained[name]) for name in self.space.names},
+                **info["trained_hyperparameters"],
                 **{k: float(v) for k, v in observed.items()},
                 "accepted": bool(accepted),
             }

@@ -138,6 +138,7 @@ def write_artifacts(
     best: BestFeasible | None,
 ) -> None:
     """Write and log the run's config, steps, shield audit, policy and schedule plot."""
+    exploits = [a for a in audit if a.get("decision") == "exploit"]
     note(f"tuning done; writing the run's artifacts to {out_dir}")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
     with open(out_dir / "shield_audit.jsonl", "w") as fh:
@@ -156,7 +157,7 @@ def write_artifacts(
     if records:
         chosen = None if best is None else best.global_step
         plot_path = plot_steps(
-            records, job.space.names, out_dir / "schedule.png", job.constraints, chosen
+            records, job.space.names, out_dir / "schedule.png", job.constraints, chosen, exploits
         )
     for path, folder in (
         (out_dir / "config.yaml", None),

@@ -514,12 +514,22 @@ def set_run_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient(default_tracking_uri()).set_tag(run_id, key, value)
 
 
+#: Significant digits a logged value keeps: a proportion of up to a million samples, a loss or
+#: a time stays exact to its own precision, and float noise (0.7595000000000001) goes.
+SIGNIFICANT_DIGITS = 6
+
+
+def readable(value: float) -> float:
+    """``value`` rounded to :data:`SIGNIFICANT_DIGITS` significant digits."""
+    return float(f"{float(value):.{SIGNIFICANT_DIGITS}g}")
+
+
 def _metric(key: str, value: float, step: int = 0):
     import time
 
     from mlflow.entities import Metric
 
-    return Metric(key, float(value), int(time.time() * 1000), step)
+    return Metric(key, readable(value), int(time.time() * 1000), step)
 
 
 def find_controller_state(experiment: str, kfp_run_id: str, file_name: str) -> Path | None:
