@@ -26,7 +26,8 @@ segment with the hyperparameters the action chose, then evaluates it.
 * ``step``: segments trained in this episode;
 * ``hyperparameters``: the accepted levels now; ``proposed_hyperparameters``: the
   levels this step trained at (``trained_hyperparameters``: the values the optimizer
-  used, a level with its schedule applied, e.g. times the cosine decay) (after ``reset``: the initial levels);
+  used, a level with its schedule applied, e.g. times the cosine decay; after ``reset``:
+  the initial levels);
 * ``metrics``: the accepted state's metrics; ``observed_metrics``: this step's
   measured result, accepted or not (after ``reset``: the fresh model's);
 * ``samples_used``: training samples spent in this episode;

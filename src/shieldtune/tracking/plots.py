@@ -35,8 +35,8 @@ def plot_steps(
     A hyperparameter's panel shows the value the optimizer used (the level with its schedule
     applied, e.g. times the cosine decay) and, faint, the level the actions set. Marked:
     segments whose result broke the spec before the episode's first safe state (warm-up,
-    orange), segments rolled back (red x: they broke the spec or collapsed), each constraint's threshold (dashed)
-    with the metric's confidence band, and the chosen checkpoint (green). A population
+    orange), segments rolled back (red x: they broke the spec or collapsed), each
+    constraint's threshold (dashed) with the metric's confidence band, and the chosen checkpoint (green). A population
     (one episode, several members) is drawn as one line per member over its own steps,
     with each exploit (a member taking over another's state) as a dotted line.
     """
