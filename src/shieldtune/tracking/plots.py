@@ -36,10 +36,11 @@ def plot_steps(
     applied, e.g. times the cosine decay) and, faint, the level the actions set. Marked:
     segments whose result broke the spec before the episode's first safe state (warm-up,
     orange), segments rolled back (red x: they broke the spec or collapsed), each
-    constraint's threshold (dashed) with the metric's confidence band, and the chosen checkpoint (green). A population
-    (one episode, several members) is drawn as one line per member over its own steps,
-    with each exploit (a member taking over another's state) as a dotted line.
-    """
+    constraint's threshold (dashed) with the metric's confidence band, and the chosen
+    checkpoint (green). A population (one episode, several members) is drawn as one line
+    per member over its own steps, with each exploit (a member taking over another's
+    state) as a dotted line.
+    """ """
     constraints = constraints or []
     members = sorted({r.get("env_index", 0) for r in records})
     population = len(members) > 1 and len({r["episode"] for r in records}) == 1
