@@ -40,7 +40,7 @@ def plot_steps(
     checkpoint (green). A population (one episode, several members) is drawn as one line
     per member over its own steps, with each exploit (a member taking over another's
     state) as a dotted line.
-    """ """
+    """
     constraints = constraints or []
     members = sorted({r.get("env_index", 0) for r in records})
     population = len(members) > 1 and len({r["episode"] for r in records}) == 1
