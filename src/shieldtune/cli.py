@@ -174,7 +174,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                 f"registered model: {rm['name']} version {rm['version']}, {verdict}: {rm['reason']}"
             )
         print(f"browse: {ui_hint(s.tracking_uri)}")
-    return 0
+    # As the pipeline does: a job that found no certified-safe model did not succeed.
+    return 0 if s.best is not None else 1
 
 
 def _print_summary(job: Job, s) -> None:
@@ -376,6 +377,7 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
 def _cmd_task_check(args: argparse.Namespace) -> int:
     from shieldtune.job import load_job
     from shieldtune.tasks.checker import check_task
+    from shieldtune.tasks.validation import certifiable_limits
 
     overrides = list(args.overrides)
     if args.task is not None:
@@ -383,8 +385,17 @@ def _cmd_task_check(args: argparse.Namespace) -> int:
     job = load_job(args.config, overrides)  # checks the config against the task
     task, cfg = job.task, job.config
     print(f"checking task {task.name!r} ({cfg.task.entry_point})", file=sys.stderr)
-    for line in check_task(task, cfg.data, seed=cfg.tuner.seed):
+    data = job.load_data()  # refuses a spec these split sizes could never certify
+    for line in check_task(task, cfg.data, seed=cfg.tuner.seed, data=data):
         print(f"  ok  {line}")
+    limits = certifiable_limits(cfg.safety, job.constraints, len(data.val), len(data.test))
+    for i, lim in limits.items():
+        c = job.constraints[i]
+        print(
+            f"  ok  spec {c}: certifiable; the most demanding threshold these splits can "
+            f"certify is {lim['validation']:.4f} on {int(lim['validation_samples'])} validation "
+            f"samples, {lim['test']:.4f} on {int(lim['test_samples'])} test samples"
+        )
     print(f"task {task.name!r} passes the task contract")
     return 0
 
