@@ -103,3 +103,22 @@ def test_run_names_use_the_tasks_name_not_its_factorys():
 )
 def test_logged_values_keep_their_precision_not_float_noise(noisy, shown):
     assert readable(noisy) == shown
+
+
+def test_threads_default_to_half_the_cores_at_most_four_unless_the_user_says(monkeypatch):
+    """Issue: torch's default (every core) made a job on a loaded 2-core machine 2.7x slower
+    than OMP_NUM_THREADS=1, with the same results."""
+    import torch
+
+    from shieldtune.training.device import apply_threads, auto_threads
+
+    assert [auto_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 2, 4]
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert apply_threads(None) == auto_threads() == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert apply_threads(None) == 2
+        assert apply_threads(3) == 3 == torch.get_num_threads()  # training.threads wins
+    finally:
+        torch.set_num_threads(before)

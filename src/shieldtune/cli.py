@@ -141,6 +141,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
     from shieldtune.control.tuner import find_resume_state, run_tuning
     from shieldtune.job import Job
+    from shieldtune.training.device import apply_threads
 
     cfg = load_config(args.config, args.overrides)
     if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
@@ -156,10 +157,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             )
             return 0
         job = Job.from_config(cfg)
+        apply_threads(job.config.training.threads)
         print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
         s = run_tuning(job, resume=state)
     else:
         job = Job.from_config(cfg)
+        apply_threads(job.config.training.threads)
         s = run_tuning(job)
     _print_summary(job, s)
     print(f"outputs: {s.output_dir}")
@@ -291,6 +294,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.config import apply_override
     from shieldtune.job import job_from_dict, load_checkpoint, load_job
     from shieldtune.safety.suite import test_report
+    from shieldtune.training.device import apply_threads
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
@@ -303,6 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             apply_override(raw, assignment)
         job = job_from_dict(raw)
     cfg = job.config
+    apply_threads(cfg.training.threads)
     data = job.load_data()
     device = job.device()
     print(

@@ -139,6 +139,10 @@ class TrainingConfig:
     #: Where a step trains and evaluates: ``auto`` (the first GPU if there is one), ``cpu``,
     #: ``cuda`` or ``cuda:N``.
     device: str = field(default="auto", metadata=_pattern(r"auto|cpu|cuda(:[0-9]{1,2})?", "cuda:0"))
+    #: Torch CPU threads of the process that trains (``shieldtune tune``, ``evaluate``, the
+    #: pipeline's tasks); null: OMP_NUM_THREADS if set, else half the cores, at most 4.
+    #: Process workers use tuner.worker_threads, step pods their CPU limit.
+    threads: int | None = field(default=None, metadata=_range(1, 1024))
     #: Mixed precision for training forward passes (bfloat16 autocast); attacks and
     #: evaluation stay in float32.
     amp: bool = False
