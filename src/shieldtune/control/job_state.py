@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -256,6 +257,46 @@ class RunFolder:
 
     def release(self) -> None:
         self.lock.release()
+
+
+class BackgroundSave:
+    """Writes the controller's state on a thread while the next round trains; :meth:`join`
+    waits for it, re-raises its error (a full disk) and then runs what comes after it."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._after: Callable[[Path], None] | None = None
+        self._path: Path | None = None
+
+    def start(self, state: dict[str, Any], after: Callable[[Path], None]) -> None:
+        """Write ``state`` (no other write may be running); ``after(path)`` runs on join."""
+        assert self._thread is None, "join() the previous save first"
+
+        def write() -> None:
+            try:
+                self._path = self.folder.save(state)
+            except BaseException as exc:  # surfaced by join(), in the controller's thread
+                self._error = exc
+
+        self._after = after
+        self._thread = threading.Thread(target=write, name="shieldtune-checkpoint", daemon=True)
+        self._thread.start()
+
+    def join(self, then: bool = True) -> None:
+        """Wait for the running save; with ``then``, raise its error or run its after-step."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        error, after, self._error, self._after = self._error, self._after, None, None
+        if not then:
+            return
+        if error is not None:
+            raise error
+        assert after is not None and self._path is not None
+        after(self._path)
 
 
 def restore_failed(run_label: str, exc: Exception) -> CheckpointError:

@@ -26,6 +26,7 @@ from shieldtune.control.controller import Learned, ShieldedController
 from shieldtune.control.finish import TuningSummary, finish_job, with_test_prefix
 from shieldtune.control.job_state import (
     STATE_FILE,
+    BackgroundSave,
     JobState,
     RunFolder,
     Slot,
@@ -54,6 +55,7 @@ from shieldtune.tasks.checker import check_model
 from shieldtune.tasks.contract import TaskData, build_model
 from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.training.step import cpu_copy
 
 __all__ = ["STATE_FILE", "TuningSummary", "find_resume_state", "run_tuning", "with_test_prefix"]
 
@@ -90,7 +92,7 @@ def run_tuning(
     check_output_dir(Path(cfg.tuner.output_dir))
     tracker = Tracker(cfg.tracking, __version__, describe_job(job))
     folder = None if resume is None else RunFolder(cfg.tuner.output_dir, resume["run_label"])
-    status, bar = "FAILED", None
+    status, bar, loop = "FAILED", None, None
     try:
         if resume is None:
             tracker.start()
@@ -130,6 +132,8 @@ def run_tuning(
         try:
             tracker.finish(status)
         finally:
+            if loop is not None:  # the lock is held until the state file is on disk
+                loop.saver.join(then=False)
             if folder is not None:
                 folder.release()
 
@@ -151,6 +155,7 @@ class _Loop:
         self.start = start
         self.slots = [Slot(i) for i in range(vec.num_envs)]
         self.state = JobState()
+        self.saver = BackgroundSave(folder)
         self.population = Population(exploit_rule(job)) if is_population(job.config.tuner) else None
 
     def begin(self, resume: dict[str, Any] | None, warm_note: str) -> None:
@@ -170,7 +175,7 @@ class _Loop:
             self.tracker.send(resume["pending_metrics"], dedupe=True)
         else:
             self.state.warm_start = warm_note
-            self.checkpoint()
+            self.checkpoint(wait=True)
         # Printed once the run can be resumed, always (it must survive a SIGKILL of a job that
         # shows no progress bar).
         print(
@@ -180,27 +185,35 @@ class _Loop:
             flush=True,
         )
 
-    def checkpoint(self) -> None:
-        """Save the controller, then send the round's metrics (resent on resume if lost)."""
+    def checkpoint(self, wait: bool = False) -> None:
+        """Save the controller after a round, then send the round's metrics (resent on resume
+        if lost). The file is written in the background while the next round trains (a
+        cluster's pods must not wait on the controller's disk); the round's metrics go out
+        once it is on disk, and a kill before that resumes the round before, identically."""
+        self.saver.join()
         pending = self.tracker.take_held()
         s = self.state
-        path = self.folder.save(
-            {
-                "config": self.job.to_dict(),
-                "parent_run_id": self.tracker.parent_id,
-                **self.controller.snapshot(),
-                "envs": self.vec.snapshot(),
-                "slots": [slot.snapshot() for slot in self.slots],
-                "job": {
-                    **s.snapshot(),
-                    "wall_before": s.wall_before + time.perf_counter() - self.start,
-                    "controller_before": s.controller_before + self.controller.timer.seconds,
-                },
-                "torch_rng": torch.get_rng_state(),
-                "pending_metrics": pending,
-                "population": None if self.population is None else self.population.snapshot(),
-            }
-        )
+        state = {
+            "config": self.job.to_dict(),
+            "parent_run_id": self.tracker.parent_id,
+            # Copies of what the next round changes in place (networks, optimizers, replay).
+            **cpu_copy(self.controller.snapshot()),
+            "envs": self.vec.snapshot(),
+            "slots": [slot.snapshot() for slot in self.slots],
+            "job": {
+                **cpu_copy(s.snapshot()),
+                "wall_before": s.wall_before + time.perf_counter() - self.start,
+                "controller_before": s.controller_before + self.controller.timer.seconds,
+            },
+            "torch_rng": torch.get_rng_state(),
+            "pending_metrics": pending,
+            "population": None if self.population is None else self.population.snapshot(),
+        }
+        self.saver.start(state, lambda path: self._saved(path, pending))
+        if wait:
+            self.saver.join()
+
+    def _saved(self, path: Path, pending: list[dict[str, Any]]) -> None:
         if self.cfg.tuner.checkpoint_to_mlflow:
             self.tracker.log_artifact(path, CONTROLLER_ARTIFACTS)
         self.tracker.send(pending)
@@ -249,7 +262,7 @@ class _Loop:
         for slot in self.slots:  # an early stop leaves parallel episodes unfinished
             if slot.episode is not None:
                 self._end_episode(slot)
-        self.checkpoint()
+        self.checkpoint(wait=True)
 
     def _begin_episodes(self) -> None:
         """Idle slots take the next episode; in population mode every member takes the one."""
