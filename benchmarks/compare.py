@@ -105,7 +105,23 @@ SCENARIOS = {
         ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.5"),
         32,
     ),
+    # Added after the defaults were chosen (not tuned on): another metric and another task.
+    # PGD is the attack FGSM's gradient masking cannot fool; 0.80 at eps 0.1 needs adv_mix.
+    "mnist-pgd": Scenario(
+        "configs/mnist-cnn.yaml",
+        ("safety.constraints=[pgd_robust_acc >= 0.80]", "safety.epsilon=0.1"),
+        32,
+    ),
+    # 128 validation utterances: a certified >= 0.70 needs about 0.79 measured; adv_mix needed.
+    "vowels-binding": Scenario(
+        "configs/japanese-vowels.yaml",
+        ("safety.constraints=[fgsm_robust_acc >= 0.70]", "safety.epsilon=0.25"),
+        32,
+    ),
 }
+
+#: Workers every method may use in the equal-wall-time comparison (``--budget wall``).
+WORKERS = 4
 
 
 def scenario_config(s: Scenario, extra: list[str]) -> Config:
@@ -139,6 +155,9 @@ class Result:
     method: str
     scenario: str
     seed: int
+    #: ``samples``: every method the same training samples; ``wall``: the same wall time on
+    #: WORKERS workers (a population's members and a searcher's trials run side by side).
+    budget: str = "samples"
     test_acc: float | None = None
     test_fgsm: float | None = None
     #: The chosen model breaks the spec on test (point estimate).
@@ -339,13 +358,17 @@ def before_method(ref: str, workdir: Path) -> Callable:
 # --------------------------------------------------------------------------- peers
 
 
-def _baseline(body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, int], None]):
-    """Wrap a peer's search loop with the shared ledger, timing and test report."""
+def _baseline(
+    body: Callable[[Ledger, LocalStepExecutor, np.random.Generator, int], None], workers: int = 1
+):
+    """Wrap a peer's search loop with the shared ledger, timing and test report; ``workers``
+    runs side by side in the wall time of one (each spends a single run's budget)."""
 
     def run(cfg: Config, data: TaskData, seed: int, tmp: Path, r: Result) -> None:
         job = Job.from_config(cfg)
         executor = LocalStepExecutor(job.steps.runner(data))
-        ledger = Ledger(cfg, job, cfg.env.steps_per_episode * cfg.training.segment_samples)
+        budget = cfg.env.steps_per_episode * cfg.training.segment_samples * workers
+        ledger = Ledger(cfg, job, budget)
         start = time.perf_counter()
         body(ledger, executor, np.random.default_rng(seed), seed)
         _report(job, data, ledger.best_state, r)
@@ -425,28 +448,34 @@ def _trials(
     segments: int,
     propose: Callable[[int], dict],
     report: Callable[[int, float, float], None] | None = None,
+    batch: int = 1,
 ) -> None:
-    """Sequential trials, each one training run of ``segments`` segments with a static
-    configuration (lr, batch size, adv_mix, constant or cosine learning rate)."""
+    """Trials, each one training run of ``segments`` segments with a static configuration
+    (lr, batch size, adv_mix, constant or cosine learning rate), ``batch`` proposed at once
+    (trials running side by side learn of each other only when the batch is done)."""
     trial = 0
     while not ledger.exhausted:
-        p = propose(trial)
-        run = TrainingRun(ledger, executor, seed * 100 + trial)
-        at = _schedule(p["schedule"], p["learning_rate"], p["batch_size"], p["adv_mix"])
-        best_acc, best_cost = 0.0, math.inf
-        for t in range(segments):
-            if ledger.exhausted:
-                break
-            run.segment(at(t, segments, []))
-            if run.certified:
-                best_acc = max(best_acc, run.val_acc)
-            best_cost = min(best_cost, run.cost)
+        proposals = [(trial + i, propose(trial + i)) for i in range(batch)]
+        outcomes = []
+        for t_id, p in proposals:
+            run = TrainingRun(ledger, executor, seed * 100 + t_id)
+            at = _schedule(p["schedule"], p["learning_rate"], p["batch_size"], p["adv_mix"])
+            best_acc, best_cost = 0.0, math.inf
+            for t in range(segments):
+                if ledger.exhausted:
+                    break
+                run.segment(at(t, segments, []))
+                if run.certified:
+                    best_acc = max(best_acc, run.val_acc)
+                best_cost = min(best_cost, run.cost)
+            outcomes.append((t_id, best_acc, best_cost))
         if report:
-            report(trial, best_acc, best_cost)
-        trial += 1
+            for outcome in outcomes:
+                report(*outcome)
+        trial += batch
 
 
-def _random_search(segments: int):
+def _random_search(segments: int, workers: int = 1):
     def body(ledger, executor, rng, seed):
         g = grid(ledger.cfg)
 
@@ -458,12 +487,12 @@ def _random_search(segments: int):
                 "schedule": str(rng.choice(["constant", "cosine"])),
             }
 
-        _trials(ledger, executor, seed, segments, propose)
+        _trials(ledger, executor, seed, segments, propose, batch=workers)
 
-    return _baseline(body)
+    return _baseline(body, workers)
 
 
-def _optuna_tpe(segments: int):
+def _optuna_tpe(segments: int, workers: int = 1):
     def body(ledger, executor, rng, seed):
         import optuna
 
@@ -491,13 +520,14 @@ def _optuna_tpe(segments: int):
             trial.set_constraint("spec_cost", float(best_cost))  # <= 0 means feasible
             study.tell(trial, best_acc)
 
-        _trials(ledger, executor, seed, segments, propose, report)
+        _trials(ledger, executor, seed, segments, propose, report, batch=workers)
 
-    return _baseline(body)
+    return _baseline(body, workers)
 
 
-def _pbt(population: int = 4, ready: int = 2):
-    """Population Based Training: truncation selection every ``ready`` rounds."""
+def _pbt(population: int = 4, ready: int = 2, workers: int = 1):
+    """Population Based Training: truncation selection every ``ready`` rounds; with
+    ``workers`` = ``population`` each member trains a single run's budget."""
 
     def body(ledger, executor, rng, seed):
         g = grid(ledger.cfg)
@@ -547,7 +577,7 @@ def _pbt(population: int = 4, ready: int = 2):
                 )
                 hps[loser] = hp
 
-    return _baseline(body)
+    return _baseline(body, workers)
 
 
 ORACLE_LRS = (0.0125, 0.025, 0.05, 0.1)
@@ -570,10 +600,36 @@ def pick_oracle(cfg: Config, data: TaskData, seed: int) -> tuple[float, float]:
     return choice
 
 
-def methods(workdir: Path, before: str | None) -> dict[str, Callable]:
+#: The shieldtune default with the DQN never leaving the baseline schedule (ablation).
+BASELINE_ONLY = [
+    "agent.baseline_margin=1000000",
+    "agent.epsilon_start=0",
+    "agent.epsilon_end=0",
+    "agent.epsilon_unsafe=0",
+]
+
+
+def methods(workdir: Path, before: str | None, budget: str = "samples") -> dict[str, Callable]:
+    """The methods of one budget: equal training samples, or equal wall time on WORKERS
+    workers (only populations and searchers can use more workers; one-run methods, the
+    same in both budgets, are rerun under ``samples`` only)."""
+    n = WORKERS
+    if budget == "wall":
+        return {
+            f"shieldtune population N={n} (each member the full budget)": shieldtune_method(
+                [f"tuner.num_envs={n}", "tuner.member_budget=full"]
+            ),
+            f"random search, {n} trials at once": _random_search(8, n),
+            f"Optuna TPE, constrained, {n} trials at once": _optuna_tpe(8, n),
+            f"PBT, {n} members at the full budget": _pbt(n, workers=n),
+        }
     out: dict[str, Callable] = {
         "shieldtune (default: one run, cosine + adv_mix-ramp baseline, DQN, shield)": (
             shieldtune_method([])
+        ),
+        "shieldtune baseline only (DQN never deviates)": shieldtune_method(BASELINE_ONLY),
+        f"shieldtune population N={n} (equal samples: each member 1/{n})": shieldtune_method(
+            [f"tuner.num_envs={n}", "tuner.member_budget=split"]
         ),
         "shieldtune without the shield": shieldtune_method(
             ["shield.enabled=false", "shield.rollback=false"]
@@ -633,6 +689,100 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+#: Test split size per scenario's task (one test sample, for the "never behind" target).
+TEST_SAMPLES = {"mnist": 2000, "bc": 114, "vowels": 128}
+
+
+def _median_acc(rs: list[Result]) -> float:
+    """Median certified test accuracy over seeds, a seed that certified nothing counting 0."""
+    return statistics.median(0.0 if r.test_acc is None else r.test_acc for r in rs)
+
+
+def targets_table(results: list[Result]) -> str:
+    """Each target of the benchmark, per scenario: the numbers and whether it holds."""
+
+    def rows(scenario: str, budget: str, text: str) -> list[Result]:
+        return [
+            r for r in results if r.scenario == scenario and r.budget == budget and text in r.method
+        ]
+
+    def acc(rs: list[Result]) -> float:
+        return _median_acc(rs) if rs else -1.0
+
+    def found(rs: list[Result]) -> int:
+        return sum(r.test_acc is not None for r in rs)
+
+    charged = ("cosine", "ReduceLROnPlateau", "random search", "Optuna", "PBT")
+    lines = ["| target | scenario | numbers | met |", "|---|---|---|:-:|"]
+    for sc in dict.fromkeys(r.scenario for r in results):
+        default = rows(sc, "samples", "shieldtune (default")
+        if not default:
+            continue
+        peers = {
+            r.method: [x for x in results if x.scenario == sc and x.method == r.method]
+            for r in results
+            if r.scenario == sc and r.budget == "samples" and r.method.startswith(charged)
+        }
+        best_peer = max(peers, key=lambda m: acc(peers[m])) if peers else None
+        if best_peer:
+            most = max(found(v) for v in peers.values())
+            ok = acc(default) >= acc(peers[best_peer]) and found(default) >= most
+            lines.append(
+                f"| default beats every charged peer, certifies as often | {sc} | "
+                f"{acc(default):.4f} ({found(default)}/{len(default)}) vs {best_peer} "
+                f"{acc(peers[best_peer]):.4f}, most found {most} | {'yes' if ok else 'no'} |"
+            )
+        base = rows(sc, "samples", "baseline only")
+        if base:
+            one = 1 / TEST_SAMPLES[sc.split("-")[0]]
+            gain = acc(default) - acc(base)
+            lines.append(
+                f"| DQN vs its baseline only (ahead; never > 1 test sample behind) | {sc} | "
+                f"{acc(default):.4f} vs {acc(base):.4f} ({gain * 100:+.2f} pp) | "
+                f"{'ahead' if gain > 0 else 'tie' if gain == 0 else 'behind'}"
+                f"{'' if gain >= -one - 1e-9 else ', > 1 sample'} |"
+            )
+        pop = rows(sc, "samples", "population")
+        pbt = rows(sc, "samples", "PBT (Jaderberg")
+        if pop and pbt:
+            lines.append(
+                f"| population N={WORKERS}, equal samples >= PBT | {sc} | {acc(pop):.4f} vs "
+                f"{acc(pbt):.4f} | {'yes' if acc(pop) >= acc(pbt) else 'no'} |"
+            )
+            per_member = statistics.median(r.unsafe_segments for r in pop) / WORKERS
+            single = statistics.median(r.unsafe_segments for r in default)
+            lines.append(
+                f"| unsafe segments per member <= the single run's | {sc} | {per_member:g} vs "
+                f"{single:g} | {'yes' if per_member <= single else 'no'} |"
+            )
+        wall_pop = rows(sc, "wall", "population")
+        if wall_pop:
+            rivals = {m: v for m, v in peers.items()}
+            rivals.update(
+                {
+                    r.method: [x for x in results if x.scenario == sc and x.method == r.method]
+                    for r in results
+                    if r.scenario == sc and r.budget == "wall" and "population" not in r.method
+                }
+            )
+            top = max(rivals, key=lambda m: acc(rivals[m]))
+            lead = acc(wall_pop) - acc(rivals[top])
+            lines.append(
+                f"| equal wall time on {WORKERS} workers: population ahead of every peer "
+                f"(>= 0.3 pp in two binding scenarios) | {sc} | {acc(wall_pop):.4f} vs {top} "
+                f"{acc(rivals[top]):.4f} ({lead * 100:+.2f} pp) | "
+                f"{'yes' if lead >= 0.003 else 'ahead' if lead > 0 else 'no'} |"
+            )
+        oracle = [r for r in results if r.scenario == sc and r.method.startswith("oracle")]
+        if oracle and sc.startswith("mnist"):
+            gap = acc(oracle) - acc(default)
+            lines.append(
+                f"| within 0.3 pp of the oracle | {sc} | {acc(default):.4f} vs "
+                f"{acc(oracle):.4f} ({gap * 100:.2f} pp) | {'yes' if gap <= 0.003 else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", action="append", choices=list(SCENARIOS))
@@ -644,16 +794,35 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="folder for results.json (appended per run)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="print saved results")
+    ap.add_argument(
+        "--budget",
+        choices=["samples", "wall"],
+        default="samples",
+        help="equal training samples (default), or equal wall time on WORKERS workers",
+    )
+    ap.add_argument(
+        "--render",
+        type=Path,
+        action="append",
+        metavar="RESULTS_JSON",
+        help="print saved results (repeatable: files are merged) and the targets table",
+    )
     args = ap.parse_args()
     if args.render:
         saved = [
             Result(**{**r, "curve": [tuple(p) for p in r["curve"]]})
-            for r in json.loads(args.render.read_text())
+            for path in args.render
+            for r in json.loads(path.read_text())
         ]
         for name in dict.fromkeys(r.scenario for r in saved):
-            print(f"\n### {name}\n")
-            print(table([r for r in saved if r.scenario == name]))
+            for budget in ("samples", "wall"):
+                rs = [r for r in saved if r.scenario == name and r.budget == budget]
+                if rs:
+                    what = "training samples" if budget == "samples" else f"wall, {WORKERS} workers"
+                    print(f"\n### {name}, equal {what}\n")
+                    print(table(rs))
+        print("\n### Targets\n")
+        print(targets_table(saved))
         return
     torch.set_num_threads(args.threads)
     scenarios = args.scenario or (["bc-loose", "bc-binding"] if args.quick else list(SCENARIOS))
@@ -665,14 +834,14 @@ def main() -> None:
         work = Path(tmp)
         chosen = {
             k: v
-            for k, v in methods(work, args.before).items()
+            for k, v in methods(work, args.before, args.budget).items()
             if not args.only or any(o.lower() in k.lower() for o in args.only)
         }
         for name in scenarios:
             cfg = scenario_config(SCENARIOS[name], args.overrides)
             data = Job.from_config(cfg).load_data()
             plan = dict(chosen)
-            if not args.no_oracle:
+            if not args.no_oracle and args.budget == "samples":
                 lr, mix = pick_oracle(cfg, data, seed=1000)
                 bs = _start_values(cfg)[1]
                 plan[f"oracle: best fixed cosine (lr {lr}, adv_mix {mix}; not charged)"] = _one_run(
@@ -686,7 +855,7 @@ def main() -> None:
             )
             for method, run in plan.items():
                 for seed in range(seeds):
-                    r = Result(method, name, seed)
+                    r = Result(method, name, seed, args.budget)
                     folder = work / f"{len(results)}"
                     folder.mkdir()
                     run(cfg, data, seed, folder / "runs", r)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import shieldtune  # noqa: F401  (registers shieldtune/Hyperparam-v0)
-from shieldtune.control.env import ENV_ID
+from shieldtune.config import config_from_dict
+from shieldtune.control.env import ENV_ID, HyperparamEnv
 
 from .conftest import tiny_dict
 
@@ -49,8 +50,8 @@ def test_gym_make_accepts_render_mode_and_reports_the_budget_end_as_terminated()
         assert set(info) == keys  # every key from reset on
         ended.append((terminated, truncated))
     assert ended[-1] == (True, False) and not any(t for t, _ in ended[:-1])
-    with pytest.raises(ValueError, match="render_mode"):
-        gym.make(ENV_ID, config=CHEAP, render_mode="human")
+    with pytest.raises(ValueError, match="render_mode 'human' is not supported"):
+        HyperparamEnv(CHEAP, render_mode="human")
 
 
 def test_stable_baselines3_dqn_trains_on_the_env():
@@ -72,3 +73,56 @@ def test_maskable_ppo_trains_on_the_env_and_never_takes_a_masked_action():
     model.learn(total_timesteps=192)
     assert env.steps >= 192
     assert env.forbidden == 0
+
+
+@pytest.mark.parametrize("vec_env", ["dummy", "subproc"])
+def test_sb3_make_vec_env_builds_the_env_and_renders_the_trajectory(vec_env):
+    """Issue: make_vec_env asks for render_mode="rgb_array" by default, and the env refused
+    it with a ValueError (SB3 only falls back on TypeError)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}[vec_env]
+    kwargs = {"start_method": "spawn"} if vec_env == "subproc" else None
+    # A Config (not a dict) in env_kwargs: unpickling it in a spawned worker imports
+    # shieldtune, which registers the env there too.
+    vec = make_vec_env(
+        ENV_ID,
+        n_envs=2,
+        env_kwargs={"config": config_from_dict(CHEAP)},
+        vec_env_cls=cls,
+        vec_env_kwargs=kwargs,
+    )
+    try:
+        vec.reset()
+        keep = np.full(2, gym.make(ENV_ID, config=CHEAP).unwrapped.space.keep_action)
+        for _ in range(3):
+            vec.step(keep)
+        frames = vec.get_images()
+        assert len(frames) == 2
+        for frame in frames:
+            assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+            assert frame.shape[:2] == (480, 640)
+            assert frame.std() > 10  # something was drawn, not a blank canvas
+    finally:
+        vec.close()
+
+
+def test_ansi_render_is_a_text_row_per_step_marking_broken_constraints():
+    env = gym.make(ENV_ID, config=CHEAP, render_mode="ansi")
+    env.reset(seed=0)
+    for _ in range(2):
+        env.step(env.unwrapped.space.keep_action)
+    text = env.render()
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "step",
+        "learning_rate",
+        "batch_size",
+        "val_acc",
+        "fgsm_robust_acc",
+        "outcome",
+    ]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2"]
+    assert env.metadata["render_fps"] > 0
+    assert set(env.metadata["render_modes"]) == {"rgb_array", "ansi"}

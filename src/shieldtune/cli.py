@@ -141,6 +141,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
     from shieldtune.control.tuner import find_resume_state, run_tuning
     from shieldtune.job import Job
+    from shieldtune.training.device import apply_threads
 
     cfg = load_config(args.config, args.overrides)
     if args.resume is not None:  # an empty --resume "$RUN_ID" must not start a fresh job
@@ -156,10 +157,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             )
             return 0
         job = Job.from_config(cfg)
+        apply_threads(job.config.training.threads)
         print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
         s = run_tuning(job, resume=state)
     else:
         job = Job.from_config(cfg)
+        apply_threads(job.config.training.threads)
         s = run_tuning(job)
     _print_summary(job, s)
     print(f"outputs: {s.output_dir}")
@@ -174,7 +177,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                 f"registered model: {rm['name']} version {rm['version']}, {verdict}: {rm['reason']}"
             )
         print(f"browse: {ui_hint(s.tracking_uri)}")
-    return 0
+    # As the pipeline does: a job that found no certified-safe model did not succeed.
+    return 0 if s.best is not None else 1
 
 
 def _print_summary(job: Job, s) -> None:
@@ -290,6 +294,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.config import apply_override
     from shieldtune.job import job_from_dict, load_checkpoint, load_job
     from shieldtune.safety.suite import test_report
+    from shieldtune.training.device import apply_threads
 
     path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
     # The architecture always comes from the checkpoint: those are the weights it holds.
@@ -302,6 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             apply_override(raw, assignment)
         job = job_from_dict(raw)
     cfg = job.config
+    apply_threads(cfg.training.threads)
     data = job.load_data()
     device = job.device()
     print(
@@ -376,6 +382,7 @@ def _cmd_env_check(args: argparse.Namespace) -> int:
 def _cmd_task_check(args: argparse.Namespace) -> int:
     from shieldtune.job import load_job
     from shieldtune.tasks.checker import check_task
+    from shieldtune.tasks.validation import certifiable_limits
 
     overrides = list(args.overrides)
     if args.task is not None:
@@ -383,8 +390,17 @@ def _cmd_task_check(args: argparse.Namespace) -> int:
     job = load_job(args.config, overrides)  # checks the config against the task
     task, cfg = job.task, job.config
     print(f"checking task {task.name!r} ({cfg.task.entry_point})", file=sys.stderr)
-    for line in check_task(task, cfg.data, seed=cfg.tuner.seed):
+    data = job.load_data()  # refuses a spec these split sizes could never certify
+    for line in check_task(task, cfg.data, seed=cfg.tuner.seed, data=data):
         print(f"  ok  {line}")
+    limits = certifiable_limits(cfg.safety, job.constraints, len(data.val), len(data.test))
+    for i, lim in limits.items():
+        c = job.constraints[i]
+        print(
+            f"  ok  spec {c}: certifiable; the most demanding threshold these splits can "
+            f"certify is {lim['validation']:.4f} on {int(lim['validation_samples'])} validation "
+            f"samples, {lim['test']:.4f} on {int(lim['test_samples'])} test samples"
+        )
     print(f"task {task.name!r} passes the task contract")
     return 0
 

@@ -139,6 +139,10 @@ class TrainingConfig:
     #: Where a step trains and evaluates: ``auto`` (the first GPU if there is one), ``cpu``,
     #: ``cuda`` or ``cuda:N``.
     device: str = field(default="auto", metadata=_pattern(r"auto|cpu|cuda(:[0-9]{1,2})?", "cuda:0"))
+    #: Torch CPU threads of the process that trains (``shieldtune tune``, ``evaluate``, the
+    #: pipeline's tasks); null: OMP_NUM_THREADS if set, else half the cores, at most 4.
+    #: Process workers use tuner.worker_threads, step pods their CPU limit.
+    threads: int | None = field(default=None, metadata=_range(1, 1024))
     #: Mixed precision for training forward passes (bfloat16 autocast); attacks and
     #: evaluation stay in float32.
     amp: bool = False
@@ -172,6 +176,10 @@ class SafetyConfig:
     #: Members and non-members each for membership inference (at most the smaller split);
     #: half of each calibrates the attack's threshold, the other half scores it.
     mia_samples: int = field(default=1000, metadata=_range(4, 10_000_000))
+    #: With a PGD constraint (some 20 passes a sample): the samples of the one look a state
+    #: gets when it cannot be selected (its accuracy does not beat the job's best certified
+    #: state), enough for the point estimate the controller learns from.
+    screen_samples: int = field(default=50, metadata=_range(1, 10_000_000))
 
 
 @dataclass
@@ -264,8 +272,20 @@ class TunerConfig:
     #: Who trains each step: ``local`` (this process), ``process`` (a pool of ``num_envs``
     #: worker processes here) or ``kubernetes`` (one Job per step; see the ``kubernetes`` keys).
     executor: str = field(default="local", metadata=_choices("local", "process", "kubernetes"))
-    #: Environments stepped at once; the DQN learns from all of them.
+    #: Environments stepped at once; the DQN and the critic learn from all of them. With one
+    #: episode (the default) these are a *population* of that many training runs (members)
+    #: learning together, with PBT's exploit under the shield; with more episodes they take
+    #: the episodes in turn.
     num_envs: int = field(default=1, metadata=_range(1, 256))
+    #: A population member's budget: ``full`` (each trains the whole episode: N times the
+    #: samples in the wall time of one run on N workers) or ``split`` (the episode's segments
+    #: shared out, env.steps_per_episode / N each: the samples of one run).
+    member_budget: str = field(default="full", metadata=_choices("full", "split"))
+    #: Every this many segments, a member behind (bottom exploit_fraction by validation
+    #: accuracy) or not certified safe copies a certified-safe member from the top; 0: never;
+    #: null: a quarter of a member's segments (at least 2).
+    exploit_interval: int | None = field(default=None, metadata=_range(0, 10000))
+    exploit_fraction: float = field(default=0.25, metadata=_range(0.01, 0.5))
     #: A step whose worker process or pod fails (or is evicted) is retried this many times,
     #: then the job stops with an error naming the step.
     step_retries: int = field(default=2, metadata=_range(0, 20))
@@ -535,6 +555,13 @@ def _check_cross_field(cfg: Config) -> None:
     if not cfg.env.search_space:
         raise ConfigError(
             "config key 'env.search_space' is empty; list at least one hyperparameter"
+        )
+    t = cfg.tuner
+    if t.episodes == 1 and t.member_budget == "split" and t.num_envs > cfg.env.steps_per_episode:
+        raise ConfigError(
+            f"config key 'tuner.num_envs' = {t.num_envs} members cannot share "
+            f"env.steps_per_episode = {cfg.env.steps_per_episode} segments "
+            "(tuner.member_budget=split); use fewer members or tuner.member_budget=full"
         )
     _check_executor(cfg)
     _check_device(cfg)

@@ -40,7 +40,7 @@ from shieldtune.safety.spec import Constraint, available_metrics, parse_constrai
 from shieldtune.tasks.checker import load_task_data
 from shieldtune.tasks.contract import Task, TaskData, build_model
 from shieldtune.tasks.registry import make_task
-from shieldtune.tasks.validation import check_config_against_task
+from shieldtune.tasks.validation import check_certifiable_on, check_config_against_task
 from shieldtune.training.device import resolve_device
 from shieldtune.training.hyperparameters import fixed_hyperparameters
 from shieldtune.training.step import StepRunner
@@ -124,8 +124,20 @@ class Job:
         return self.config.tracking.registered_model_name or f"shieldtune-{self.task.name}"
 
     def load_data(self) -> TaskData:
-        """The task's splits, after the cheap contract checks."""
-        return load_task_data(self.task, self.config.data)
+        """The task's splits, after the cheap contract checks; a spec that these split sizes
+        could never certify is refused here, before anything trains."""
+        data = load_task_data(self.task, self.config.data)
+        self.check_splits(data)
+        return data
+
+    def check_splits(self, data: TaskData) -> None:
+        """One line if no state could be certified on ``data``'s validation or test split."""
+        check_certifiable_on(
+            self.config.safety,
+            self.constraints,
+            len(data.val),
+            len(data.test),  # type: ignore[arg-type]
+        )
 
     def device(self) -> torch.device:
         """Where this machine trains and evaluates (``training.device``; checked when asked,

@@ -11,7 +11,7 @@ transition. It reads only what the env's public API shows: observations,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ class Timer:
 
 @dataclass(frozen=True)
 class Learned:
-    """What one transition taught: the shield's decision for the next state, the losses."""
+    """What a transition taught: the shield's decision for the next state, the round's losses."""
 
     decision: ShieldDecision
     q_loss: float | None
@@ -63,7 +63,19 @@ class ShieldedController:
         agent: AgentConfig,
         shield: ShieldConfig,
         seed: int,
+        streams: int = 1,
     ) -> None:
+        """``streams``: transitions per round (a population's members). The schedules the
+        configs count in steps (learning starts, epsilon decay, target updates, when the
+        critic is trusted) then count rounds, so a member's k-th segment sees the controller
+        a single run's k-th segment would, trained on N times the data."""
+        if streams > 1:
+            agent = replace(
+                agent,
+                learning_starts=agent.learning_starts * streams,
+                epsilon_decay_steps=agent.epsilon_decay_steps * streams,
+            )
+            shield = replace(shield, critic_min_samples=shield.critic_min_samples * streams)
         self.space = space
         self.epsilon_unsafe = agent.epsilon_unsafe
         self.agent = DQNAgent(
@@ -84,22 +96,35 @@ class ShieldedController:
         with self.timer:
             return self.shield.decide(obs, info["action_mask"], warmup_cost=warmup_cost(info))
 
-    def act(self, obs: np.ndarray, decision: ShieldDecision, info: dict[str, Any]) -> int:
-        """An allowed action for the state ``obs`` / ``info`` describe."""
+    def act(
+        self,
+        obs: np.ndarray,
+        decision: ShieldDecision,
+        info: dict[str, Any],
+        avoid: int | None = None,
+    ) -> int:
+        """An allowed action for the state ``obs`` / ``info`` describe; ``avoid`` (a population
+        member that just copied another's state: the action its donor takes) is left out when
+        another action is allowed, so the copy explores with the policy's next choice."""
         with self.timer:
             explore = None
             if not info["safe_reached"]:
                 explore = max(self.agent.epsilon, self.epsilon_unsafe)
             safe = info["state_certified"] == "safe"
+            allowed = decision.allowed
+            if avoid is not None and allowed.sum() > 1 and allowed[avoid]:
+                allowed = allowed.copy()
+                allowed[avoid] = False
             return self.agent.choose_action(
                 obs,
-                decision.allowed,
+                allowed,
                 epsilon=explore,
                 baseline=self.space.baseline_action(info["hyperparameters"], safe),
             )
 
-    def learn(self, obs: np.ndarray, action: int, out: Outcome) -> Learned:
-        """Learn from the transition ``obs --action--> out``; the next state's decision."""
+    def observe(self, obs: np.ndarray, action: int, out: Outcome) -> ShieldDecision:
+        """Store the transition ``obs --action--> out``; the shield's decision for the next
+        state (the critic as it was before this round's update)."""
         info = out.info
         with self.timer:
             rejected = (info["violation"] or info["collapsed"]) and not info["accepted"]
@@ -119,9 +144,15 @@ class ShieldedController:
                 next_decision.allowed,
             )
             self.shield.record()
+        return next_decision
+
+    def update(self) -> tuple[float | None, float | None]:
+        """One learning update from the pooled replay buffer (once per round of steps, however
+        many environments stepped, as vectorised DQN does): the Q and critic losses."""
+        with self.timer:
             q_loss = self.agent.update()
             critic_loss = self.shield.update(self.agent.buffer)
-        return Learned(next_decision, q_loss, critic_loss)
+        return q_loss, critic_loss
 
     def snapshot(self) -> dict[str, Any]:
         return {"agent": self.agent.snapshot(), "shield": self.shield.snapshot()}

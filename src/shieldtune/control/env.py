@@ -14,7 +14,9 @@ segment with the hyperparameters the action chose, then evaluates it.
   ``shield.cost_penalty * max(cost, 0)``.
 * The budget's end is ``terminated`` (the observation carries budget progress, so
   it is part of the state, not a time limit); ``truncated`` is always False.
-* ``render_mode``: accepted as Gymnasium passes it; there is nothing to render.
+* ``render_mode``: ``rgb_array`` (the episode's trajectory so far as an image: the
+  hyperparameters, validation accuracy and each constraint's metric with its threshold)
+  or ``ansi`` (a text row per step); see :mod:`shieldtune.control.render`.
 * ``action_masks()``: the allowed actions as booleans, for sb3-contrib's MaskablePPO.
 
 ``info``, the same keys after ``reset`` and ``step``:
@@ -23,7 +25,9 @@ segment with the hyperparameters the action chose, then evaluates it.
   ``action_space.sample(mask=...)``): actions the hard bounds allow next;
 * ``step``: segments trained in this episode;
 * ``hyperparameters``: the accepted levels now; ``proposed_hyperparameters``: the
-  levels this step trained at (after ``reset``: the initial levels);
+  levels this step trained at (``trained_hyperparameters``: the values the optimizer
+  used, a level with its schedule applied, e.g. times the cosine decay; after ``reset``:
+  the initial levels);
 * ``metrics``: the accepted state's metrics; ``observed_metrics``: this step's
   measured result, accepted or not (after ``reset``: the fresh model's);
 * ``samples_used``: training samples spent in this episode;
@@ -102,33 +106,47 @@ class AcceptedModel:
     metrics: dict[str, float]
 
 
-def _segment_seed(episode_seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([episode_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+def _segment_seed(episode_seed: int, step: int, member: int = 0) -> int:
+    """Segment ``step``'s data-order seed; a population member after the first has a stream
+    of its own, so a member that copied another's state does not replay its batches."""
+    key = [episode_seed, step] if member == 0 else [episode_seed, step, member]
+    return int(np.random.SeedSequence(key).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class HyperparamEnv(gym.Env):
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self,
         config: Job | Config | dict | None = None,
         executor: StepExecutor | None = None,
         render_mode: str | None = None,
+        *,
+        member: int = 0,
+        start_levels: dict[str, float] | None = None,
+        steps_per_episode: int | None = None,
     ) -> None:
         """``config``: the job (or a config or plain config data, resolved here: the way
         ``gymnasium.make(ENV_ID, config=...)`` passes it). The env reads the job's search
         space, constraints, fixed hyperparameters, the episode's length and segment size, and
-        the shield's judging rules; ``executor`` runs its steps (default: in this process)."""
+        the shield's judging rules; ``executor`` runs its steps (default: in this process).
+
+        A population member (see :mod:`shieldtune.control.population`) has its own
+        ``member`` index (its segments' data-order stream), ``start_levels`` and, when the
+        budget is split between members, its own ``steps_per_episode``."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
-                f"render_mode {render_mode!r} is not supported; this env renders nothing"
+                f"render_mode {render_mode!r} is not supported; choose one of "
+                f"{', '.join(self.metadata['render_modes'])} or None"
             )
         self.render_mode = render_mode
         job = _as_job(config)
         self.space = job.space
         self.constraints = job.constraints
         self._fixed = job.fixed
-        self._steps_per_episode = job.config.env.steps_per_episode
+        self._steps_per_episode = steps_per_episode or job.config.env.steps_per_episode
+        self.member = member
+        self._start_levels = dict(start_levels) if start_levels else None
         self._segment_samples = job.config.training.segment_samples
         self._rules = job.config.shield
         self._step_spec = job.steps
@@ -151,6 +169,11 @@ class HyperparamEnv(gym.Env):
         self.safe_reached = False
         self.last_timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "attempts": 1}
         self._proposed: dict[str, float] | None = None
+        #: The validation accuracy a state must beat to be selectable (a job sets it to its
+        #: best certified state's; -inf certifies every state as far as the looks go).
+        self.selection_bar = float("-inf")
+        #: What render() draws: one row per step of this episode.
+        self._history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -174,6 +197,9 @@ class HyperparamEnv(gym.Env):
         with their schedules applied at this point of the episode's budget."""
         progress = max(self.t - 1, 0) / self._steps_per_episode
         return {**self._fixed, **self.space.scheduled(tuned, progress)}
+
+    def _tuned(self, values: dict[str, float]) -> dict[str, float]:
+        return {name: float(values[name]) for name in self.space.names}
 
     def action_mask(self) -> np.ndarray:
         """Actions the hard bounds allow from here, as int8 (Gymnasium's mask convention)."""
@@ -238,9 +264,10 @@ class HyperparamEnv(gym.Env):
         """Start a new episode; returns the request that builds (and evaluates) a fresh model."""
         super().reset(seed=seed)
         self.episode_seed = int(self.np_random.integers(2**31 - 1))
-        self.hyperparameters = self.space.initial()
+        self.hyperparameters = dict(self._start_levels or self.space.initial())
         self.t = self.samples_used = 0
         self.schedule = []
+        self._history = []
         self._last_reward = 0.0
         self._proposed = None
         return StepRequest(
@@ -263,6 +290,7 @@ class HyperparamEnv(gym.Env):
             collapsed=False,
             diverged=False,
             proposed_hyperparameters=dict(self.hyperparameters),
+            trained_hyperparameters=self._tuned(self.full_hyperparameters(self.hyperparameters)),
             observed_metrics=dict(self.metrics),
         )
         return self._observation(), info
@@ -281,7 +309,8 @@ class HyperparamEnv(gym.Env):
             self.state,
             self.full_hyperparameters(self._proposed),
             self._segment_samples,
-            _segment_seed(self.episode_seed, self.t),
+            _segment_seed(self.episode_seed, self.t, self.member),
+            self.selection_bar,
         )
 
     def complete_step(self, result: StepResult):
@@ -289,7 +318,7 @@ class HyperparamEnv(gym.Env):
         if self._proposed is None:
             raise RuntimeError("prepare_step() must come before complete_step()")
         proposed, self._proposed = self._proposed, None
-        seed = _segment_seed(self.episode_seed, self.t)
+        seed = _segment_seed(self.episode_seed, self.t, self.member)
         self.samples_used += result.samples
         previous_acc = self.metrics["val_acc"]
         previous_violation = max(self.cost, 0.0)
@@ -345,6 +374,7 @@ class HyperparamEnv(gym.Env):
             collapsed=collapsed,
             diverged=result.diverged,
             proposed_hyperparameters=proposed,
+            trained_hyperparameters=self._tuned(self.full_hyperparameters(proposed)),
             observed_metrics=dict(observed),
         )
         # Timings live outside ``info`` so that info is a deterministic function of seed and action.
@@ -353,7 +383,25 @@ class HyperparamEnv(gym.Env):
             "eval_seconds": result.eval_seconds,
             "attempts": result.attempts,
         }
+        self._history.append(
+            {
+                "step": self.t,
+                **info["trained_hyperparameters"],
+                **{k: float(v) for k, v in observed.items()},
+                "accepted": bool(accepted),
+            }
+        )
         return self._observation(), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray | str | None:
+        """The episode so far: an RGB image (``rgb_array``) or text rows (``ansi``)."""
+        from shieldtune.control import render
+
+        if self.render_mode == "rgb_array":
+            return render.trajectory_rgb(self._history, self.space.names, self.constraints)
+        if self.render_mode == "ansi":
+            return render.trajectory_ansi(self._history, self.space.names, self.constraints)
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """This environment between steps, for a crash-safe checkpoint (weights-only types)."""
@@ -369,11 +417,19 @@ class HyperparamEnv(gym.Env):
             "t": self.t,
             "samples_used": self.samples_used,
             "last_reward": self._last_reward,
+            "history": [dict(h) for h in self._history],
             "cost": self.cost,
             "certified": int(self.certified),
             "safe_reached": self.safe_reached,
             "np_random": rng_state(self.np_random),
         }
+
+    def adopt(self, donor: HyperparamEnv) -> None:
+        """Take over ``donor``'s whole accepted state (weights, optimizer, levels, schedule
+        position and history: PBT's exploit), keeping this env's own member stream and RNG."""
+        own_rng = rng_state(self.np_random)
+        self.restore(donor.snapshot())
+        set_rng_state(self.np_random, own_rng)
 
     def restore(self, snap: dict[str, Any]) -> None:
         model = snap["model"]
@@ -391,6 +447,7 @@ class HyperparamEnv(gym.Env):
         ]
         self.episode_seed, self.t = int(snap["episode_seed"]), int(snap["t"])
         self.samples_used, self._last_reward = int(snap["samples_used"]), snap["last_reward"]
+        self._history = [dict(h) for h in snap["history"]]
         self.cost, self.safe_reached = snap["cost"], bool(snap["safe_reached"])
         self.certified = Decision(int(snap["certified"]))
         set_rng_state(self.np_random, snap["np_random"])

@@ -20,7 +20,7 @@ import yaml
 
 from shieldtune.checkpoint import save_model_checkpoint, save_policy
 from shieldtune.control.controller import ShieldedController
-from shieldtune.control.job_state import BestFeasible
+from shieldtune.control.job_state import BestFeasible, JobState
 from shieldtune.errors import CheckpointError
 from shieldtune.job import Job, load_checkpoint
 from shieldtune.safety.suite import test_report
@@ -64,9 +64,63 @@ class TuningSummary:
     registered_model: dict[str, Any] | None = None
     #: Where the controller's policy came from (cold start, a file, the packaged default).
     warm_start: str = "cold start"
+    #: Members of the one training run (1: a single run, or episodes taken in turn).
+    population: int = 1
+    #: A population's exploit decisions: a member that copied a certified-safe one.
+    exploits: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def finish_job(
+    job: Job,
+    data: TaskData,
+    controller: ShieldedController,
+    tracker: Tracker,
+    out_dir: Path,
+    state: JobState,
+    run: dict[str, Any],
+) -> TuningSummary:
+    """Artifacts, the test report, publishing, and ``summary.json`` written last; ``run``
+    holds num_envs, population, wall_seconds and controller_seconds."""
+    s = state
+    write_artifacts(job, controller, tracker, out_dir, s.records, s.audit, s.best)
+    summary = report_best(job, data, tracker, out_dir, s.best)
+    assert s.stop_reason is not None
+    result = TuningSummary(
+        **summary,
+        **run,
+        episodes_run=s.next_episode,
+        steps_run=s.global_step,
+        samples_trained=s.samples,
+        unsafe_segments=s.violations + s.warmup,
+        violations=s.violations,
+        warmup_steps=s.warmup,
+        diverged_steps=s.diverged,
+        certified_safe_states=s.certified_safe,
+        undecided_states=s.undecided,
+        step_retries=s.retries,
+        executor=job.config.tuner.executor,
+        stop_reason=s.stop_reason,
+        warm_start=s.warm_start,
+        exploits=len(s.exploits),
+    )
+    result.registered_model = publish(job, data, tracker, result)
+    (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    tracker.log_artifact(out_dir / "summary.json")
+    tracker.log_parent(
+        {
+            "wall_seconds": result.wall_seconds,
+            "controller_seconds": result.controller_seconds,
+            "violations": float(s.violations),
+            "unsafe_segments": float(s.violations + s.warmup),
+            "unsafe_warmup_segments": float(s.warmup),
+            "steps_run": float(s.global_step),
+            "diverged_steps": float(s.diverged),
+        }
+    )
+    return result
 
 
 def note(message: str) -> None:
@@ -84,6 +138,7 @@ def write_artifacts(
     best: BestFeasible | None,
 ) -> None:
     """Write and log the run's config, steps, shield audit, policy and schedule plot."""
+    exploits = [a for a in audit if a.get("decision") == "exploit"]
     note(f"tuning done; writing the run's artifacts to {out_dir}")
     (out_dir / "config.yaml").write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
     with open(out_dir / "shield_audit.jsonl", "w") as fh:
@@ -102,7 +157,7 @@ def write_artifacts(
     if records:
         chosen = None if best is None else best.global_step
         plot_path = plot_steps(
-            records, job.space.names, out_dir / "schedule.png", job.constraints, chosen
+            records, job.space.names, out_dir / "schedule.png", job.constraints, chosen, exploits
         )
     for path, folder in (
         (out_dir / "config.yaml", None),
@@ -142,6 +197,7 @@ def report_best(
             )
         best_dict = {
             "episode": best.episode,
+            "member": best.member,
             "step": best.step,
             "global_step": best.global_step,
             "val_metrics": best.val_metrics,

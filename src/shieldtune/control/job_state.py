@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from shieldtune.checkpoint import atomic_save, register_kind, safe_load
-from shieldtune.config import DEFAULT_OUTPUT_DIR
+from shieldtune.config import DEFAULT_OUTPUT_DIR, TunerConfig
 from shieldtune.control.shield import ShieldDecision
 from shieldtune.errors import CheckpointError, StorageError, first_line, is_existing_file
 from shieldtune.runlock import RunLock
@@ -40,6 +42,7 @@ CONTROLLER_KIND = register_kind(
         "job": (dict,),
         "torch_rng": (torch.Tensor,),
         "pending_metrics": (list,),
+        "population": (dict, type(None)),
     },
 )
 #: The crash-safe controller checkpoint in a job's output folder, rewritten after every round.
@@ -57,6 +60,8 @@ class BestFeasible:
     init_seed: int
     schedule: list[dict[str, Any]]
     model_state: dict[str, torch.Tensor] = field(repr=False)
+    #: The population member (env slot) whose training run reached it.
+    member: int = 0
 
 
 @dataclass
@@ -65,6 +70,8 @@ class JobState:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    #: A population's exploit decisions (who copied whom, when, why).
+    exploits: list[dict[str, Any]] = field(default_factory=list)
     best: BestFeasible | None = None
     next_episode: int = 0
     global_step: int = 0
@@ -93,6 +100,28 @@ class JobState:
         self.certified_safe += int(info["certified"] == "safe")
         self.undecided += int(info["certified"] == "undecided")
 
+    def consider(
+        self, episode: int, member: int, info: dict[str, Any], model: Callable[[], Any]
+    ) -> None:
+        """Keep the state ``info`` describes if it is the best certified-safe one so far (only
+        states certified safe at safety.confidence are ever selected); ``model()`` gives its
+        :class:`~shieldtune.control.env.AcceptedModel`."""
+        if not (info["accepted"] and info["state_certified"] == "safe"):
+            return
+        if self.best is not None and info["metrics"]["val_acc"] <= self.best.val_metrics["val_acc"]:
+            return
+        m = model()
+        self.best = BestFeasible(
+            episode,
+            info["step"],
+            self.global_step,
+            m.metrics,
+            m.init_seed,
+            m.schedule,
+            m.model_state,
+            member,
+        )
+
     def snapshot(self) -> dict[str, Any]:
         snap = {k: v for k, v in vars(self).items() if k != "best"}
         snap["best"] = None if self.best is None else asdict(self.best)
@@ -119,6 +148,9 @@ class Slot:
     decision: ShieldDecision | None = None
     action: int = 0
     episode_return: float = 0.0
+    #: A population member that has just copied this member's state (its next action avoids
+    #: the donor's; see shieldtune.control.population).
+    copied_from: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         snap = dict(vars(self))
@@ -227,9 +259,70 @@ class RunFolder:
         self.lock.release()
 
 
+class BackgroundSave:
+    """Writes the controller's state on a thread while the next round trains; :meth:`join`
+    waits for it, re-raises its error (a full disk) and then runs what comes after it."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._after: Callable[[Path], None] | None = None
+        self._path: Path | None = None
+
+    def start(self, state: dict[str, Any], after: Callable[[Path], None]) -> None:
+        """Write ``state`` (no other write may be running); ``after(path)`` runs on join."""
+        assert self._thread is None, "join() the previous save first"
+
+        def write() -> None:
+            try:
+                self._path = self.folder.save(state)
+            except BaseException as exc:  # surfaced by join(), in the controller's thread
+                self._error = exc
+
+        self._after = after
+        self._thread = threading.Thread(target=write, name="shieldtune-checkpoint", daemon=True)
+        self._thread.start()
+
+    def join(self, then: bool = True) -> None:
+        """Wait for the running save; with ``then``, raise its error or run its after-step."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        error, after, self._error, self._after = self._error, self._after, None, None
+        if not then:
+            return
+        if error is not None:
+            raise error
+        assert after is not None and self._path is not None
+        after(self._path)
+
+
 def restore_failed(run_label: str, exc: Exception) -> CheckpointError:
     """The one-line error for a state file that is incomplete or from another version."""
     return CheckpointError(
         f"the saved state of run {run_label} is incomplete or from another version "
         f"({type(exc).__name__}: {first_line(exc, 120)}); it cannot be resumed"
     )
+
+
+def completed_reason(population: bool, state: JobState) -> str:
+    """Why a job that ran out of episodes stopped (a diverged run ends early, and says so)."""
+    what = "the population's training runs" if population else "all episodes"
+    if state.diverged:
+        return f"completed {what} ({state.diverged} diverged segment(s) ended a run early)"
+    return f"completed {what}"
+
+
+def early_stop(t: TunerConfig, best: BestFeasible | None, violations: int) -> str | None:
+    """The stop rule a job has hit (tuner.target_val_acc, tuner.max_violations), if any."""
+    if (
+        t.target_val_acc is not None
+        and best is not None
+        and best.val_metrics["val_acc"] >= t.target_val_acc
+    ):
+        return f"reached target_val_acc {t.target_val_acc}"
+    if t.max_violations is not None and violations >= t.max_violations:
+        return f"hit max_violations {t.max_violations}"
+    return None

@@ -57,6 +57,7 @@ def step_record(
         "action": int(ctx.action),
         "move": space.describe(ctx.action),
         **{k: float(v) for k, v in info["proposed_hyperparameters"].items()},
+        **{f"{k}_trained": float(v) for k, v in info["trained_hyperparameters"].items()},
         "val_acc": observed.get("val_acc", float("nan")),
         "fgsm_robust_acc": observed.get("fgsm_robust_acc", float("nan")),
         "mia_advantage": observed.get("mia_advantage", float("nan")),

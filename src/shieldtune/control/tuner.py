@@ -12,7 +12,7 @@ saved so a killed job resumes where it stopped (:mod:`~shieldtune.control.job_st
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,26 +21,29 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from shieldtune.config import Config, TunerConfig
-from shieldtune.control.controller import ShieldedController
-from shieldtune.control.env import HyperparamEnv
-from shieldtune.control.finish import (
-    TuningSummary,
-    publish,
-    report_best,
-    with_test_prefix,
-    write_artifacts,
-)
+from shieldtune.config import Config
+from shieldtune.control.controller import Learned, ShieldedController
+from shieldtune.control.finish import TuningSummary, finish_job, with_test_prefix
 from shieldtune.control.job_state import (
     STATE_FILE,
-    BestFeasible,
+    BackgroundSave,
     JobState,
     RunFolder,
     Slot,
     check_output_dir,
+    completed_reason,
+    early_stop,
     find_resume_state,
     new_run_label,
     restore_failed,
+)
+from shieldtune.control.population import (
+    Population,
+    exploit_rule,
+    is_population,
+    member_environments,
+    member_seed,
+    total_steps,
 )
 from shieldtune.control.records import StepContext, audit_entry, step_metrics, step_record
 from shieldtune.control.vector_env import HyperparamVectorEnv, Outcome, Reset
@@ -52,6 +55,7 @@ from shieldtune.tasks.checker import check_model
 from shieldtune.tasks.contract import TaskData, build_model
 from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
+from shieldtune.training.step import cpu_copy
 
 __all__ = ["STATE_FILE", "TuningSummary", "find_resume_state", "run_tuning", "with_test_prefix"]
 
@@ -76,17 +80,19 @@ def run_tuning(
     check_model(job.task, build_model(job.task, cfg.tuner.seed, torch.device("cpu")), data)
     if cfg.tuner.executor != "kubernetes":  # steps run on this machine: its device must exist
         job.device()
-    n_envs = min(cfg.tuner.num_envs, cfg.tuner.episodes)
-    vec = HyperparamVectorEnv([HyperparamEnv(job, executor) for _ in range(n_envs)], executor)
+    vec = HyperparamVectorEnv(member_environments(job, executor), executor)
+    streams = vec.num_envs if is_population(cfg.tuner) else 1
     obs_dim = int(vec.single_observation_space.shape[0])
-    controller = ShieldedController(obs_dim, job.space, cfg.agent, cfg.shield, cfg.tuner.seed)
+    controller = ShieldedController(
+        obs_dim, job.space, cfg.agent, cfg.shield, cfg.tuner.seed, streams
+    )
     warm_note = "cold start"
     if cfg.tuner.warm_start and resume is None:
         warm_note = controller.warm_start(cfg.tuner.warm_start)
     check_output_dir(Path(cfg.tuner.output_dir))
     tracker = Tracker(cfg.tracking, __version__, describe_job(job))
     folder = None if resume is None else RunFolder(cfg.tuner.output_dir, resume["run_label"])
-    status, bar = "FAILED", None
+    status, bar, loop = "FAILED", None, None
     try:
         if resume is None:
             tracker.start()
@@ -97,7 +103,7 @@ def run_tuning(
         loop = _Loop(job, vec, controller, tracker, folder, start)
         loop.begin(resume, warm_note)
         bar = tqdm(
-            total=cfg.tuner.episodes * cfg.env.steps_per_episode,
+            total=total_steps(job),
             desc="tuning",
             unit="step",
             disable=not cfg.tuner.progress,
@@ -126,6 +132,8 @@ def run_tuning(
         try:
             tracker.finish(status)
         finally:
+            if loop is not None:  # the lock is held until the state file is on disk
+                loop.saver.join(then=False)
             if folder is not None:
                 folder.release()
 
@@ -147,6 +155,8 @@ class _Loop:
         self.start = start
         self.slots = [Slot(i) for i in range(vec.num_envs)]
         self.state = JobState()
+        self.saver = BackgroundSave(folder)
+        self.population = Population(exploit_rule(job)) if is_population(job.config.tuner) else None
 
     def begin(self, resume: dict[str, Any] | None, warm_note: str) -> None:
         """Restore a saved job, or save the first state (resumable from the moment its MLflow
@@ -158,12 +168,14 @@ class _Loop:
                 self.slots = [Slot.restore(s) for s in resume["slots"]]
                 self.state = JobState.restore(resume["job"])
                 torch.set_rng_state(resume["torch_rng"])
+                if self.population is not None:
+                    self.population.restore(resume["population"])
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
                 raise restore_failed(self.folder.run_label, exc) from None
             self.tracker.send(resume["pending_metrics"], dedupe=True)
         else:
             self.state.warm_start = warm_note
-            self.checkpoint()
+            self.checkpoint(wait=True)
         # Printed once the run can be resumed, always (it must survive a SIGKILL of a job that
         # shows no progress bar).
         print(
@@ -173,26 +185,35 @@ class _Loop:
             flush=True,
         )
 
-    def checkpoint(self) -> None:
-        """Save the controller, then send the round's metrics (resent on resume if lost)."""
+    def checkpoint(self, wait: bool = False) -> None:
+        """Save the controller after a round, then send the round's metrics (resent on resume
+        if lost). The file is written in the background while the next round trains (a
+        cluster's pods must not wait on the controller's disk); the round's metrics go out
+        once it is on disk, and a kill before that resumes the round before, identically."""
+        self.saver.join()
         pending = self.tracker.take_held()
         s = self.state
-        path = self.folder.save(
-            {
-                "config": self.job.to_dict(),
-                "parent_run_id": self.tracker.parent_id,
-                **self.controller.snapshot(),
-                "envs": self.vec.snapshot(),
-                "slots": [slot.snapshot() for slot in self.slots],
-                "job": {
-                    **s.snapshot(),
-                    "wall_before": s.wall_before + time.perf_counter() - self.start,
-                    "controller_before": s.controller_before + self.controller.timer.seconds,
-                },
-                "torch_rng": torch.get_rng_state(),
-                "pending_metrics": pending,
-            }
-        )
+        state = {
+            "config": self.job.to_dict(),
+            "parent_run_id": self.tracker.parent_id,
+            # Copies of what the next round changes in place (networks, optimizers, replay).
+            **cpu_copy(self.controller.snapshot()),
+            "envs": self.vec.snapshot(),
+            "slots": [slot.snapshot() for slot in self.slots],
+            "job": {
+                **cpu_copy(s.snapshot()),
+                "wall_before": s.wall_before + time.perf_counter() - self.start,
+                "controller_before": s.controller_before + self.controller.timer.seconds,
+            },
+            "torch_rng": torch.get_rng_state(),
+            "pending_metrics": pending,
+            "population": None if self.population is None else self.population.snapshot(),
+        }
+        self.saver.start(state, lambda path: self._saved(path, pending))
+        if wait:
+            self.saver.join()
+
+    def _saved(self, path: Path, pending: list[dict[str, Any]]) -> None:
         if self.cfg.tuner.checkpoint_to_mlflow:
             self.tracker.log_artifact(path, CONTROLLER_ARTIFACTS)
         self.tracker.send(pending)
@@ -202,16 +223,16 @@ class _Loop:
         s = self.state
         while s.stop_reason is None:
             self.tracker.hold()
-            for slot in self.slots:
-                if slot.episode is None and s.next_episode < self.cfg.tuner.episodes:
-                    slot.episode, slot.needs_reset, slot.episode_return = s.next_episode, True, 0.0
-                    slot.run_id = self.tracker.start_episode(s.next_episode)
-                    s.next_episode += 1
+            self._begin_episodes()
             active = [slot for slot in self.slots if slot.episode is not None]
             if not active:
-                s.stop_reason = "completed all episodes"
+                s.stop_reason = completed_reason(self.population is not None, s)
                 break
-            self.vec.step_async({slot.index: self._command(slot) for slot in active})
+            # A state must beat the best certified one to be selectable (the selection bar).
+            self.vec.step_async(
+                self._commands(active), s.best.val_metrics["val_acc"] if s.best else -math.inf
+            )
+            stepped = []
             for index, out in self.vec.step_wait().items():
                 slot = self.slots[index]
                 if slot.needs_reset:
@@ -219,37 +240,64 @@ class _Loop:
                     slot.obs, slot.info = out.obs, out.info
                     slot.decision = self.controller.first_decision(out.obs, out.info)
                     continue
-                self._learn(slot, out)
+                assert slot.obs is not None
+                stepped.append((slot, out, self.controller.observe(slot.obs, slot.action, out)))
+            losses = self.controller.update() if stepped else (None, None)
+            for slot, out, decision in stepped:
+                self._record(slot, out, Learned(decision, *losses))
                 bar.update(1)
                 best = s.best.val_metrics["val_acc"] if s.best else None
                 bar.set_postfix(
                     best="-" if best is None else f"{best:.4f}", violations=s.violations
                 )
-                stop = _early_stop(self.cfg.tuner, s.best, s.violations)
+                stop = early_stop(self.cfg.tuner, s.best, s.violations)
                 if out.done or stop:
                     self._end_episode(slot)
                 if stop and s.stop_reason is None:
                     s.stop_reason = stop
+            if self.population is not None and s.stop_reason is None:
+                self.population.exploit(self.slots, self.vec, s, self.tracker)
             if s.stop_reason is None:
                 self.checkpoint()
         for slot in self.slots:  # an early stop leaves parallel episodes unfinished
             if slot.episode is not None:
                 self._end_episode(slot)
-        self.checkpoint()
+        self.checkpoint(wait=True)
 
-    def _command(self, slot: Slot) -> Reset | int:
-        if slot.needs_reset:
-            assert slot.episode is not None
-            return Reset(self.cfg.tuner.seed * 100_003 + slot.episode)
-        assert slot.obs is not None and slot.decision is not None and slot.info is not None
-        slot.action = self.controller.act(slot.obs, slot.decision, slot.info)
-        return slot.action
+    def _begin_episodes(self) -> None:
+        """Idle slots take the next episode; in population mode every member takes the one."""
+        s = self.state
+        for slot in self.slots:
+            if slot.episode is None and s.next_episode < self.cfg.tuner.episodes:
+                episode = s.next_episode
+                slot.episode, slot.needs_reset, slot.episode_return = episode, True, 0.0
+                member = slot.index if self.population is not None else None
+                slot.run_id = self.tracker.start_episode(episode, member)
+                if self.population is None or slot.index == len(self.slots) - 1:
+                    s.next_episode += 1
 
-    def _learn(self, slot: Slot, out: Outcome) -> None:
-        """Learn from one trained segment, count and log it, and keep it if it is the best."""
-        assert slot.obs is not None and slot.decision is not None and slot.episode is not None
+    def _commands(self, active: list[Slot]) -> dict[int, Reset | int]:
+        """Each active slot's command; members that just copied a donor choose after it."""
+        commands: dict[int, Reset | int] = {}
+        for slot in sorted(active, key=lambda sl: sl.copied_from is not None):
+            if slot.needs_reset:
+                assert slot.episode is not None
+                member = slot.index if self.population is not None else 0
+                commands[slot.index] = Reset(member_seed(self.cfg.tuner.seed, slot.episode, member))
+                continue
+            assert slot.obs is not None and slot.decision is not None and slot.info is not None
+            avoid = None if slot.copied_from is None else commands.get(slot.copied_from)
+            slot.action = self.controller.act(
+                slot.obs, slot.decision, slot.info, avoid if isinstance(avoid, int) else None
+            )
+            slot.copied_from = None
+            commands[slot.index] = slot.action
+        return dict(sorted(commands.items()))
+
+    def _record(self, slot: Slot, out: Outcome, learned: Learned) -> None:
+        """Count and log one trained segment, and keep it if it is the best so far."""
+        assert slot.decision is not None and slot.episode is not None
         s, info = self.state, out.info
-        learned = self.controller.learn(slot.obs, slot.action, out)
         s.count(info, out.samples, int(out.timing["attempts"]))
         slot.episode_return += out.reward
         ctx = StepContext(
@@ -264,22 +312,7 @@ class _Loop:
         s.records.append(record)
         s.audit.append(audit_entry(self.job.space, ctx, out))
         self.tracker.log_step(slot.run_id, step_metrics(record), step=info["step"])
-        # Only states certified safe at safety.confidence are ever selected.
-        if (
-            info["accepted"]
-            and info["state_certified"] == "safe"
-            and (s.best is None or info["metrics"]["val_acc"] > s.best.val_metrics["val_acc"])
-        ):
-            model = self.vec.envs[slot.index].accepted_checkpoint()
-            s.best = BestFeasible(
-                slot.episode,
-                info["step"],
-                s.global_step,
-                model.metrics,
-                model.init_seed,
-                model.schedule,
-                model.model_state,
-            )
+        s.consider(slot.episode, slot.index, info, self.vec.envs[slot.index].accepted_checkpoint)
         slot.obs, slot.info, slot.decision = out.obs, info, learned.decision
 
     def _end_episode(self, slot: Slot) -> None:
@@ -298,52 +331,18 @@ class _Loop:
 
     def finish(self, data: TaskData) -> TuningSummary:
         """Artifacts, the test report, publishing, and ``summary.json`` written last."""
-        s, job, tracker, out_dir = self.state, self.job, self.tracker, self.folder.path
-        write_artifacts(job, self.controller, tracker, out_dir, s.records, s.audit, s.best)
-        summary = report_best(job, data, tracker, out_dir, s.best)
-        result = TuningSummary(
-            **summary,
-            episodes_run=s.next_episode,
-            steps_run=s.global_step,
-            samples_trained=s.samples,
-            unsafe_segments=s.violations + s.warmup,
-            violations=s.violations,
-            warmup_steps=s.warmup,
-            diverged_steps=s.diverged,
-            certified_safe_states=s.certified_safe,
-            undecided_states=s.undecided,
-            step_retries=s.retries,
-            num_envs=self.vec.num_envs,
-            executor=self.cfg.tuner.executor,
-            stop_reason=s.stop_reason,
-            warm_start=s.warm_start,
-            wall_seconds=s.wall_before + time.perf_counter() - self.start,
-            controller_seconds=s.controller_before + self.controller.timer.seconds,
-        )
-        result.registered_model = publish(job, data, tracker, result)
-        (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-        tracker.log_artifact(out_dir / "summary.json")
-        tracker.log_parent(
+        seconds = time.perf_counter() - self.start
+        return finish_job(
+            self.job,
+            data,
+            self.controller,
+            self.tracker,
+            self.folder.path,
+            self.state,
             {
-                "wall_seconds": result.wall_seconds,
-                "controller_seconds": result.controller_seconds,
-                "violations": float(s.violations),
-                "unsafe_segments": float(s.violations + s.warmup),
-                "unsafe_warmup_segments": float(s.warmup),
-                "steps_run": float(s.global_step),
-                "diverged_steps": float(s.diverged),
-            }
+                "num_envs": self.vec.num_envs,
+                "population": len(self.slots) if self.population is not None else 1,
+                "wall_seconds": self.state.wall_before + seconds,
+                "controller_seconds": self.state.controller_before + self.controller.timer.seconds,
+            },
         )
-        return result
-
-
-def _early_stop(t: TunerConfig, best: BestFeasible | None, violations: int) -> str | None:
-    if (
-        t.target_val_acc is not None
-        and best is not None
-        and best.val_metrics["val_acc"] >= t.target_val_acc
-    ):
-        return f"reached target_val_acc {t.target_val_acc}"
-    if t.max_violations is not None and violations >= t.max_violations:
-        return f"hit max_violations {t.max_violations}"
-    return None

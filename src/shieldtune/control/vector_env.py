@@ -76,15 +76,20 @@ class HyperparamVectorEnv:
         """The actions env ``index``'s hard bounds allow now (sb3-contrib's convention)."""
         return self.envs[index].action_masks()
 
-    def step_async(self, commands: Mapping[int, Reset | int]) -> None:
+    def step_async(
+        self, commands: Mapping[int, Reset | int], selection_bar: float = float("-inf")
+    ) -> None:
         """Give env ``i`` an action, or :class:`Reset` to start its next episode; envs not
-        named sit this round out."""
+        named sit this round out. ``selection_bar``: the validation accuracy a state must
+        beat to be selectable (the job's best certified so far; see ``StepRequest``)."""
         if self._pending is not None:
             raise RuntimeError("step_wait() the previous round before starting another")
         for i in commands:
             if not 0 <= i < self.num_envs:
                 raise IndexError(f"env index {i} is not in [0, {self.num_envs})")
         self._pending = dict(commands)
+        for env in self.envs:
+            env.selection_bar = selection_bar
 
     def step_wait(self) -> dict[int, Outcome]:
         """Train every segment of the round at once; the outcome of each env that was named."""

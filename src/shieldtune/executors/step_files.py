@@ -36,6 +36,7 @@ REQUEST_KIND = register_kind(
         "hyperparameters": (dict,),
         "budget_samples": (int,),
         "seed": (int,),
+        "certify_above": (float,),
     },
 )
 RESULT_KIND = register_kind(
@@ -64,6 +65,7 @@ def request_payload(request: StepRequest, steps: StepSpec) -> dict[str, Any]:
         "hyperparameters": dict(request.hyperparameters),
         "budget_samples": int(request.budget_samples),
         "seed": int(request.seed),
+        "certify_above": float(request.certify_above),
     }
 
 
@@ -76,7 +78,11 @@ def request_from_payload(obj: dict[str, Any]) -> tuple[StepRequest, StepSpec]:
         )
     state = None if obj["model"] is None else TrainState(obj["model"], obj["optimizer"] or {})
     request = StepRequest(
-        state, dict(obj["hyperparameters"]), int(obj["budget_samples"]), int(obj["seed"])
+        state,
+        dict(obj["hyperparameters"]),
+        int(obj["budget_samples"]),
+        int(obj["seed"]),
+        float(obj["certify_above"]),
     )
     return request, StepSpec.from_dict(obj["step"])
 

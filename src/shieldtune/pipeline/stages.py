@@ -46,6 +46,7 @@ from shieldtune.tracking.tracker import (
     redact,
     set_run_tag,
 )
+from shieldtune.training.device import apply_threads
 from shieldtune.training.step import StepRequest, StepRunner, TrainState
 
 SPLITS_KIND = register_kind(
@@ -266,6 +267,7 @@ def tune(
     from shieldtune.signals import interrupt_on_sigterm
 
     cfg = job.config
+    apply_threads(cfg.training.threads)
     warm_note = "cold start"
     if warm_start:
         warm_start_model_uri = (
@@ -324,6 +326,7 @@ def train_final(
 ) -> dict[str, float]:
     """Train the final model with the best feasible schedule and save it as a checkpoint."""
     cfg = job.config
+    apply_threads(cfg.training.threads)
     runner = job.steps.runner(data)
     state = replay_schedule(runner, schedule)
     model = runner.new_model(int(schedule["init_seed"]))
@@ -356,6 +359,7 @@ def evaluate_safety(
     """The test report, the confusion matrix and the class labels of a trained model."""
     model, _, _ = load_checkpoint(model_path)
     task, cfg = job.task, job.config
+    apply_threads(cfg.training.threads)
     report = test_report(
         task, model, data, cfg.safety, job.constraints, job.device(), cfg.tuner.seed
     )

@@ -98,6 +98,7 @@ def sequential_proportions(
     count: Callable[[int, int], dict[str, int]],
     constraints: list[tuple[str, str, float]],
     level: float,
+    stop_on_miss: bool = False,
 ) -> tuple[dict[str, Estimate], int]:
     """Proportions measured on growing prefixes until every constraint on them is decided.
 
@@ -105,7 +106,10 @@ def sequential_proportions(
     hits; ``constraints`` are ``(metric, op, threshold)``. After each look every bound is
     one-sided at ``level`` (the caller divides its error budget by the number of looks, so
     stopping at the first decisive look keeps the overall error within the budget: a union
-    bound over the looks). Returns the estimates and the samples used.
+    bound over the looks). With ``stop_on_miss`` it also stops once a constraint's point
+    estimate misses its threshold: more samples could still certify it, but rarely do, and
+    stopping early can only turn a verdict "safe" into "undecided", never the reverse.
+    Returns the estimates and the samples used.
     """
     hits: dict[str, int] = {}
     estimates: dict[str, Estimate] = {}
@@ -115,10 +119,12 @@ def sequential_proportions(
             hits[name] = hits.get(name, 0) + k
         done = size
         estimates = {name: proportion(k, done, level) for name, k in hits.items()}
-        if all(
-            decide(op, threshold, estimates[metric]) is not Decision.UNDECIDED
-            for metric, op, threshold in constraints
-            if metric in estimates
+        measured = [(m, op, t) for m, op, t in constraints if m in estimates]
+        if all(decide(op, t, estimates[m]) is not Decision.UNDECIDED for m, op, t in measured):
+            break
+        if stop_on_miss and any(
+            (estimates[m].value < t) if op == ">=" else (estimates[m].value > t)
+            for m, op, t in measured
         ):
             break
     return estimates, done

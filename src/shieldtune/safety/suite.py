@@ -102,11 +102,40 @@ class MetricSuite:
 
     # ------------------------------------------------------------------ public
 
-    def step_metrics(self, model: nn.Module, data: TaskData, seed: int) -> dict[str, float]:
-        """Per-step validation metrics, bounds and verdict (see the module docstring)."""
-        cap = min(self.cfg.eval_samples_max, len(data.val))  # type: ignore[arg-type]
-        sizes = looks(min(self.cfg.eval_samples, cap), cap)
-        ev = self._evaluate(model, data, "val", data.val, sizes, self._mia_per_step, seed)
+    def step_looks(self, n_val: int) -> list[int]:
+        """The sample counts of a step's looks: ``safety.eval_samples``, doubling up to
+        ``eval_samples_max`` (at most the split)."""
+        cap = min(self.cfg.eval_samples_max, n_val)
+        return looks(min(self.cfg.eval_samples, cap), cap)
+
+    def step_metrics(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        seed: int,
+        certify_above: float = float("-inf"),
+    ) -> dict[str, float]:
+        """Per-step validation metrics, bounds and verdict (see the module docstring).
+
+        With a PGD constraint (PGD costs some 20 passes a sample), the looks are spent where
+        the verdict depends on them. A state whose validation accuracy is at most
+        ``certify_above`` (the job's best certified state so far: it cannot be selected) gets
+        one look of ``safety.screen_samples``; its point estimates and cost (what the
+        controller learns from) and its verdict at that look are as valid as any, at the
+        level of the full plan. Any state stops once its estimate misses the spec. Within a
+        look, PGD attacks only what clean accuracy, FGSM and earlier restarts left standing.
+        """
+        ev = self._evaluate(
+            model,
+            data,
+            "val",
+            data.val,
+            self.step_looks(len(data.val)),
+            self._mia_per_step,
+            seed,
+            None,
+            certify_above,
+        )
         ev.metrics["val_acc"] = ev.metrics.pop("acc")
         if "acc" in ev.estimates:
             ev.estimates["val_acc"] = ev.estimates.pop("acc")
@@ -165,6 +194,7 @@ class MetricSuite:
         with_mia: bool,
         seed: int,
         pgd: bool | None = None,
+        certify_above: float = float("-inf"),
     ) -> Evaluation:
         model.eval()
         ev = Evaluation()
@@ -190,7 +220,12 @@ class MetricSuite:
         if domain is not None:
             clean = (logits.argmax(dim=1) == targets).cpu()
             with_pgd = self._pgd_per_step if pgd is None else pgd
-            self._attack(model, dataset, clean, sizes, domain, seed, ev, with_pgd)
+            # The bounds keep the level of every planned look (the cut is made on clean
+            # accuracy, before any attack result is seen; the level stays conservative).
+            level = self._level(len(sizes))
+            if with_pgd and ev.metrics["acc"] <= certify_above:
+                sizes = [min(self.cfg.screen_samples, sizes[0])]
+            self._attack(model, dataset, clean, sizes, domain, seed, ev, with_pgd, level)
         for metric in self.task.metrics:
             value = metric.fn(MetricInput(model, split, dataset, logits, targets))
             if isinstance(value, Estimate):
@@ -212,6 +247,7 @@ class MetricSuite:
         seed: int,
         ev: Evaluation,
         with_pgd: bool,
+        level: float,
     ) -> None:
         """FGSM (and PGD) on growing prefixes of ``dataset`` until every attack constraint is
         decided, or the last look."""
@@ -221,10 +257,9 @@ class MetricSuite:
         def count(start: int, stop: int) -> dict[str, int]:
             chunk = self._batches(_slice(dataset, start, stop))
             known = clean[start:stop]
-            hits = {
-                "fgsm_robust_acc": int(fgsm_robust(model, chunk, s.epsilon, domain, known).sum())
-            }
-            if with_pgd:
+            fgsm_ok = fgsm_robust(model, chunk, s.epsilon, domain, known)
+            hits = {"fgsm_robust_acc": int(fgsm_ok.sum())}
+            if with_pgd:  # only the samples FGSM left standing are worth PGD's 20 passes
                 robust = pgd_robust(
                     model,
                     chunk,
@@ -234,6 +269,7 @@ class MetricSuite:
                     next(pgd_seeds),
                     domain,
                     known,
+                    screen=fgsm_ok,
                 )
                 hits["pgd_robust_acc"] = int(robust.sum())
             return hits
@@ -242,7 +278,7 @@ class MetricSuite:
             (c.metric, c.op, c.threshold) for c in self.constraints if c.metric in ATTACK_METRICS
         ]
         estimates, ev.attacked = sequential_proportions(
-            sizes, count, attack_constraints, self._level(len(sizes))
+            sizes, count, attack_constraints, level, stop_on_miss=with_pgd
         )
         ev.estimates.update(estimates)
         ev.metrics.update({name: est.value for name, est in estimates.items()})

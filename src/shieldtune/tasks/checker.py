@@ -126,13 +126,16 @@ def check_model(task: Task, model: object, data: TaskData) -> nn.Module:
     return model
 
 
-def check_task(task: Task, cfg: DataConfig, seed: int = 0) -> list[str]:
-    """The full contract check; returns what was checked, one line each."""
+def check_task(
+    task: Task, cfg: DataConfig, seed: int = 0, data: TaskData | None = None
+) -> list[str]:
+    """The full contract check (on ``data`` when already loaded); what was checked, a line
+    each."""
     from shieldtune.safety.attacks import fgsm
 
     lines = []
     start = time.perf_counter()
-    data = load_task_data(task, cfg)
+    data = data if data is not None else load_task_data(task, cfg)
     sizes = ", ".join(f"{n} {len(getattr(data, n))}" for n in ("train", "val", "test"))
     lines.append(f"data: {sizes} samples ({time.perf_counter() - start:.1f} s to load)")
     device = torch.device("cpu")
@@ -212,7 +215,7 @@ def check_task(task: Task, cfg: DataConfig, seed: int = 0) -> list[str]:
                 f"task {task.name!r}: metric {metric.name!r} returned {value!r}; return a "
                 "finite float"
             )
-        lines.append(f"metric {metric.name}: {float(value):.4f} on 64 validation samples")
+        lines.append(f"metric {metric.name}: {float(value):.4f} on {len(val)} validation samples")
     return lines
 
 

@@ -8,7 +8,7 @@ read or anything is trained.
 
 from __future__ import annotations
 
-from shieldtune.config import Config
+from shieldtune.config import Config, SafetyConfig
 from shieldtune.errors import ConfigError
 from shieldtune.safety.spec import (
     ATTACK_METRICS,
@@ -100,10 +100,68 @@ def check_config_against_task(cfg: Config, task: Task) -> list[Constraint]:
 _PROPORTIONS = ("val_acc", *ATTACK_METRICS)
 
 
+def certifiable_limits(
+    safety: SafetyConfig, constraints: list[Constraint], n_val: int, n_test: int
+) -> dict[int, dict[str, float]]:
+    """For each proportion constraint (by index): the most demanding threshold any state could
+    be certified against with these split sizes, on validation (selection: the attack's
+    looks, up to ``eval_samples_max`` samples) and on test (the gate: the whole split), even
+    if every sample were right. A ``>=`` threshold above it, or a ``<=`` one below it, can
+    never be certified however good the model."""
+    m = max(len(constraints), 1)
+    alpha = 1.0 - safety.confidence
+    out = {}
+    for i, c in enumerate(constraints):
+        if c.metric not in _PROPORTIONS:
+            continue
+        if c.metric == "val_acc":  # measured on the whole split, one look
+            n, level = n_val, alpha / m
+        else:
+            n = min(safety.eval_samples_max, n_val)
+            level = alpha / (m * len(looks(min(safety.eval_samples, n), n)))
+        limits = {}
+        for split, size, lvl in (("validation", n, level), ("test", n_test, alpha / m)):
+            low, high = clopper_pearson(size, size, lvl)[0], clopper_pearson(0, size, lvl)[1]
+            limits[split] = low if c.op == ">=" else high
+            limits[f"{split}_samples"] = size
+        out[i] = limits
+    return out
+
+
+def check_certifiable_on(
+    safety: SafetyConfig, constraints: list[Constraint], n_val: int, n_test: int
+) -> None:
+    """Refuse, once the splits' sizes are known, a spec no state could ever be certified
+    against on them (:func:`certifiable_limits`): the job would spend its budget and fail."""
+    for i, lim in certifiable_limits(safety, constraints, n_val, n_test).items():
+        c = constraints[i]
+        for split in ("validation", "test"):
+            bound = lim[split]
+            if (c.op == ">=" and bound < c.threshold) or (c.op == "<=" and bound > c.threshold):
+                n = int(lim[f"{split}_samples"])
+                every = "right" if c.op == ">=" else "wrong"
+                raise ConfigError(
+                    f"config key 'safety.constraints[{i}]' ({c}) can never be certified on this "
+                    f"data: with {n} {split} samples, even all {every}, "
+                    f"the bound is {bound:.4f} at confidence {safety.confidence:g}; the most "
+                    f"demanding certifiable threshold here is {_limit(c, lim)}; relax the "
+                    f"threshold or use larger splits (data.val_size / data.test_size)"
+                )
+
+
+def _limit(c: Constraint, lim: dict[str, float]) -> str:
+    """The tightest of the two splits' limits, as text."""
+    bound = (
+        min(lim["validation"], lim["test"]) if c.op == ">=" else max(lim["validation"], lim["test"])
+    )
+    return f"{c.metric} {c.op} {bound:.4f}"
+
+
 def _check_certifiable(cfg: Config, constraints: list[Constraint]) -> None:
     """Refuse a spec no state could ever be certified against: even a perfect model, with
     every one of ``eval_samples_max`` samples right, would leave its bound short of the
-    threshold at the configured confidence. Tuning would spend the whole budget for nothing."""
+    threshold at the configured confidence. Tuning would spend the whole budget for nothing.
+    (The split sizes are checked too once the data is loaded: :func:`check_certifiable_on`.)"""
     s = cfg.safety
     n = s.eval_samples_max
     level = (1.0 - s.confidence) / (max(len(constraints), 1) * len(looks(s.eval_samples, n)))

@@ -29,6 +29,9 @@ def audit_rows(audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per audited step (see :data:`COLUMNS`)."""
     rows = []
     for e in audit:
+        if e.get("decision") == "exploit":
+            rows.append(_exploit_row(e))
+            continue
         masked = e.get("masked_by_critic") or []
         if e.get("diverged"):
             outcome = "diverged, rolled back"
@@ -54,6 +57,22 @@ def audit_rows(audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _exploit_row(e: dict[str, Any]) -> dict[str, Any]:
+    """A population's exploit: a member behind or unsafe took a certified-safe member's state."""
+    return {
+        "global_step": e["global_step"],
+        "episode": e["episode"],
+        "step": e["step"],
+        "shield": "exploit",
+        "chosen_move": f"member {e['copier']} copies member {e['donor']}",
+        "predicted_cost": "",
+        "observed_cost": "",
+        "masked": "",
+        "outcome": f"copied ({e['reason']}: val_acc {e['copier_val_acc']:.4f} -> "
+        f"{e['donor_val_acc']:.4f}, certified safe)",
+    }
+
+
 #: Masked moves listed by name in a row (the rest are counted; the JSONL has them all).
 MASKED_SHOWN = 3
 
@@ -73,7 +92,12 @@ def audit_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = []
     for r in rows:
-        style = ' style="background:#fde2e2"' if r["outcome"] != "accepted" else ""
+        style = ""
+        if r["shield"] == "exploit":
+            style = ' style="background:#e2ecfd"'
+        elif r["outcome"] != "accepted":
+            style = ' style="background:#fde2e2"'
+
         cells = "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS)
         body.append(f"<tr{style}>{cells}</tr>")
     return (
@@ -83,6 +107,7 @@ def audit_html(rows: list[dict[str, Any]]) -> str:
         "<h2>Shield audit</h2><p>One row per step: the move the controller chose, the "
         "safety critic's predicted cost for it, the measured cost (&gt; 0 breaks the spec), "
         "how many moves the shield masked (the most unsafe with their predicted costs), and "
-        "what happened. Red rows broke the spec.</p>"
+        "what happened. Red rows broke the spec; blue rows are a population's exploit "
+        "decisions.</p>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>"
     )

@@ -45,7 +45,7 @@ def describe_job(job: Job) -> RunDescription:
 def job_run_name(job: Job) -> str:
     """``tune-<task>-<UTC time>``: unique enough to tell jobs apart in the run list (MLflow
     adds nothing random; ``tracking.run_name`` overrides it)."""
-    task = job.config.task.entry_point.rsplit(":", 1)[-1].replace(".", "-")
+    task = job.task.name.replace(" ", "-")  # the task's own name, not its factory's
     return f"tune-{task}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 

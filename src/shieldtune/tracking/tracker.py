@@ -40,6 +40,8 @@ from shieldtune.tracking.run_info import NOTE_TAG, OUTCOME_HEADING, RunDescripti
 T = TypeVar("T")
 
 KFP_RUN_TAG = "shieldtune.kfp_run_id"
+#: A population member's copies of other members, oldest first (``step:member-NN:reason``).
+LINEAGE_TAG = "shieldtune.lineage"
 CONTROLLER_ARTIFACTS = "controller"
 _BUFFERING_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
 _SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
@@ -235,31 +237,46 @@ class Tracker:
                 )
             )
 
-    def start_episode(self, episode: int) -> str | None:
-        """A child run for one episode; returns its id (several may be open at once)."""
+    def start_episode(self, episode: int, member: int | None = None) -> str | None:
+        """A child run for one episode, or for one ``member`` of a population; returns its id
+        (several may be open at once)."""
         if not self.enabled:
             return None
         assert self.client is not None and self.parent_id is not None
         client, parent = self.client, self.parent_id
-        if self.resumed:  # the crashed process may have opened this episode's run already
+        tags = {"episode": str(episode), "mlflow.parentRunId": parent}
+        name = f"{self.run_name}/episode-{episode:03d}"
+        if member is not None:
+            tags["member"], name = str(member), f"{self.run_name}/member-{member:02d}"
+        if self.resumed:  # the crashed process may have opened this run already
             found = self._call(
                 lambda: client.search_runs(
                     [str(self.experiment_id)],
-                    f"tags.mlflow.parentRunId = '{parent}' and tags.episode = '{episode}'",
+                    f"tags.mlflow.parentRunId = '{parent}' and tags.episode = '{episode}'"
+                    + (f" and tags.member = '{member}'" if member is not None else ""),
                 )
             )
             if found:
                 self._open_episodes.add(found[0].info.run_id)
                 return found[0].info.run_id
         run = self._call(
-            lambda: client.create_run(
-                str(self.experiment_id),
-                run_name=f"{self.run_name}/episode-{episode:03d}",
-                tags={"episode": str(episode), "mlflow.parentRunId": parent},
-            )
+            lambda: client.create_run(str(self.experiment_id), run_name=name, tags=tags)
         )
         self._open_episodes.add(run.info.run_id)
         return run.info.run_id
+
+    def tag_lineage(self, run_id: str | None, step: int, donor: int, reason: str) -> None:
+        """A population member's copy of another: appended to its ``shieldtune.lineage`` tag
+        (``step:donor:reason`` entries) and counted as the metric ``exploited``."""
+        if not self.enabled or run_id is None:
+            return
+        client = self.client
+        assert client is not None
+        run = self._call(partial(client.get_run, run_id))
+        lineage = run.data.tags.get(LINEAGE_TAG, "")
+        entry = f"{step}:member-{donor:02d}:{reason}"
+        self._call(partial(client.set_tag, run_id, LINEAGE_TAG, f"{lineage} {entry}".strip()))
+        self._queue(run_id, {"exploited_from": float(donor)}, step)
 
     def end_episode(self, run_id: str | None, metrics: dict[str, float], episode: int) -> None:
         if not self.enabled or run_id is None:
@@ -497,12 +514,22 @@ def set_run_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient(default_tracking_uri()).set_tag(run_id, key, value)
 
 
+#: Significant digits a logged value keeps: a proportion of up to a million samples, a loss or
+#: a time stays exact to its own precision, and float noise (0.7595000000000001) goes.
+SIGNIFICANT_DIGITS = 6
+
+
+def readable(value: float) -> float:
+    """``value`` rounded to :data:`SIGNIFICANT_DIGITS` significant digits."""
+    return float(f"{float(value):.{SIGNIFICANT_DIGITS}g}")
+
+
 def _metric(key: str, value: float, step: int = 0):
     import time
 
     from mlflow.entities import Metric
 
-    return Metric(key, float(value), int(time.time() * 1000), step)
+    return Metric(key, readable(value), int(time.time() * 1000), step)
 
 
 def find_controller_state(experiment: str, kfp_run_id: str, file_name: str) -> Path | None:

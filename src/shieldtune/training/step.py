@@ -44,6 +44,9 @@ class StepRequest:
     hyperparameters: dict[str, float]
     budget_samples: int
     seed: int
+    #: The job's best certified validation accuracy so far: a state at or below it cannot be
+    #: selected, so with a PGD constraint it gets one look (see MetricSuite.step_metrics).
+    certify_above: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,15 @@ class StepRunner:
         start = time.perf_counter()
         metrics = {"train_loss": stats.mean_loss}
         if not stats.diverged:
-            metrics.update(self.evaluate(model, seed=request.seed))
+            metrics.update(self.evaluate(model, request.seed, request.certify_above))
         eval_seconds = time.perf_counter() - start
         state = TrainState(cpu_copy(model.state_dict()), cpu_copy(optimizer.state_dict()))
         return StepResult(
             state, metrics, stats.diverged, stats.samples, stats.seconds, eval_seconds
         )
 
-    def evaluate(self, model: nn.Module, seed: int) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, seed: int, certify_above: float = float("-inf")
+    ) -> dict[str, float]:
         """Per-step validation metrics (see :class:`~shieldtune.safety.suite.MetricSuite`)."""
-        return self.suite.step_metrics(model, self.data, seed)
+        return self.suite.step_metrics(model, self.data, seed, certify_above)
