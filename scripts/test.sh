@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --tools
+# The real Kubernetes control plane the cluster tests start (built once from the pinned Go
+# modules, then reused from its cache in seconds; see docs/cluster.md).
+bash scripts/k8s-control-plane.sh build >/dev/null
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -12,6 +12,10 @@ from shieldtune.config import Config, config_from_dict
 from shieldtune.tasks.contract import TaskData
 from shieldtune.tasks.mnist_data import load_mnist
 
+#: The real Kubernetes control plane (etcd, kube-apiserver, -controller-manager, -scheduler and
+#: the node agent) as a session fixture, for the tests marked ``cluster``.
+pytest_plugins = ["tests.cluster.fixtures"]
+
 # One intra-op thread: the tests' models are tiny, and with two threads torch slows down
 # by an order of magnitude whenever another process (an mlflow server) shares the 2 cores.
 torch.set_num_threads(1)
