@@ -1,13 +1,14 @@
-"""Credentials: MLflow and KFP credentials come only from Kubernetes Secrets or the
-environment, never from YAML, parameters, tags or logs.
+"""Credentials: MLflow and KFP credentials come only from Kubernetes Secrets or the environment,
+never from YAML, parameters, tags or logs.
 
-One credential scanner (regular expressions plus a short allowlist for references: Secret
-names, key names, environment variable names) is applied to every manifest, step Job,
-compiled pipeline, component and Dockerfile. With canary credentials in the environment, the
-Jobs the real executor POSTs to the Kubernetes API stand-in (``tests/standins/k8s_standin.py``)
-and the step files it writes, a pipeline compilation, and what a real tuning job logs to
-MLflow and prints hold none of them. Tests at the end plant credentials (and references to
-them) to prove the scanner catches the first and lets the second through.
+One credential scanner (regular expressions plus a short allowlist for references: Secret names,
+key names, environment variable names) is applied to every manifest, step Job, compiled
+pipeline, component and Dockerfile. With canary credentials in the environment, the Jobs the
+real executor POSTs to the real Kubernetes API server (tests/cluster; the bodies as the API
+server's audit log recorded them) and the step files it writes, a pipeline compilation, and what
+a real tuning job logs to MLflow and prints hold none of them. Tests at the end plant
+credentials (and references to them) to prove the scanner catches the first and lets the second
+through.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from .security_helpers import (
     pod_security_gaps,
     pod_specs,
 )
-from .standins.k8s_standin import K8sApiStandIn
 from .test_executors import HYPER
 from .test_manifests import BASE, find, kustomize
 
@@ -171,6 +171,7 @@ def leaked(canaries: dict[str, str], blob: str | bytes, *, username: bool = True
     return [name for name, value in forms.items() if value.encode() in data]
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize(
     "transport, uri, passed_on",
     [
@@ -181,52 +182,49 @@ def leaked(canaries: dict[str, str], blob: str | bytes, *, username: bool = True
     ids=["mlflow-plain-uri", "mlflow-uri-with-password", "volume"],
 )
 def test_jobs_the_executor_posts_carry_no_credential_from_its_environment(
-    tmp_path, monkeypatch, canaries, transport, uri, passed_on
+    tmp_path, monkeypatch, step_cluster, canaries, transport, uri, passed_on
 ):
-    """The real executor against the API stand-in, with canaries in its environment: the
-    Job bodies it sends (and the step files it writes) hold none of them; a tracking URI
-    is handed on only when it embeds no password."""
+    """The real executor against the real API server, with canaries in its environment: the
+    Job body it sends (recorded by the API server's audit log) and the step files it writes
+    hold none of them; a tracking URI is handed on only when it embeds no password.
+
+    No pod may run here (its tracking URI names hosts that are not loopback): the step pods'
+    ServiceAccount does not exist, so the Job controller cannot create one, and the Job fails
+    on its 1 s activeDeadlineSeconds."""
     uri = uri.format(
         user=canaries["MLFLOW_TRACKING_USERNAME"], password=canaries["MLFLOW_TRACKING_PASSWORD"]
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     data = tiny_dict(
         tracking={"enabled": transport == "mlflow"},
         tuner={"executor": "kubernetes", "step_retries": 0},
         kubernetes={
-            "namespace": "team",
+            "namespace": step_cluster.namespace,
             "transport": transport,
             "volume_claim": "shieldtune-steps",
+            "service_account": "no-such-account",
             "backoff_limit": 0,
-            "active_deadline_seconds": 60,  # a pod that never starts cannot hang the test
-            "poll_seconds": 0.05,
+            "active_deadline_seconds": 1,
+            "poll_seconds": 0.2,
         },
     )
     cfg = config_from_dict(data)
     store = DirStepStore(tmp_path / "steps", uri_path="/shared/steps")
     (tmp_path / "steps").mkdir()
-    with K8sApiStandIn(
-        tmp_path / "k8s",
-        volumes={"shieldtune-steps": tmp_path / "steps"},
-        fault=lambda job, pod_index: "fail",
-    ) as cluster:
-        executor = KubernetesStepExecutor(
-            cfg.kubernetes,
-            Job.from_config(cfg).steps,
-            store,
-            retries=cfg.tuner.step_retries,
-            api_client=cluster.api_client(),
-            mlflow_run_id="0123abcd",
-        )
-        try:
-            with pytest.raises(StepFailedError):
-                executor.run_many([StepRequest(None, HYPER, 300, seed=1)])
-        finally:
-            executor.close()
-        posted = [r.body for r in cluster.requests if r.method == "POST"]
-    assert len(posted) == 1
-    [job] = posted
+    executor = KubernetesStepExecutor(
+        cfg.kubernetes,
+        Job.from_config(cfg).steps,
+        store,
+        retries=cfg.tuner.step_retries,
+        mlflow_run_id="0123abcd",
+    )
+    try:
+        with pytest.raises(StepFailedError, match="DeadlineExceeded"):
+            executor.run_many([StepRequest(None, HYPER, 300, seed=1)])
+    finally:
+        executor.close()
+    [job] = step_cluster.created_jobs()
+    assert not step_cluster.pods()
     assert leaked(canaries, json.dumps(job)) == []
     assert [str(f) for f in credential_findings(as_text(job), "posted Job")] == []
     [(_, spec)] = list(pod_specs(job))

@@ -9,7 +9,8 @@ exact shape (labels, uid, wiring); this module applies the contract
 * the objects under ``manifests/`` (base, the rendered local overlay, examples),
 * the step Jobs ``shieldtune.executors.kubernetes.jobs.step_job`` builds (volume / mlflow
   transport, with and without a GPU; the Jobs the executor really POSTs are checked in
-  test_credentials.py, against the Kubernetes API stand-in),
+  test_credentials.py, and admitted under Pod Security ``restricted`` by the real API server
+  in test_cluster_manifests.py),
 * the compiled pipeline YAML (``pipelines/*.yaml``): KFP can express only part of the
   contract for its task pods; what it cannot is pinned here and documented in
   docs/cluster.md ("Pod security of pipeline tasks").

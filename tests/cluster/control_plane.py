@@ -12,6 +12,9 @@ What runs, all bound to 127.0.0.1 on free ports, each in its own process group w
   plus NodeRestriction, and service-account signing keys;
 * kube-controller-manager (every default controller, per-controller service-account
   credentials) and kube-scheduler, each with its own client certificate;
+* an audit log (``<work_dir>/audit/audit.jsonl``, Kubernetes' own audit backend) of every
+  request made by anyone but the control plane and the node agent, so a test can check which
+  API calls the code under test made (:meth:`ControlPlane.audit_events`);
 * tests/cluster/node_agent.py, the one simulated part: a stand-in kubelet that authenticates as
   ``system:node:<name>`` and runs pods as local processes.
 
@@ -53,6 +56,25 @@ READY_TIMEOUT_S = 180.0
 _PORT_RETRIES = 5
 _IN_USE = ("address already in use", "bind: address", "errno 98")
 _NODE_AGENT = Path(__file__).with_name("node_agent.py")
+#: audit.k8s.io/v1 Policy: nothing from the control plane's own identities or the node agent
+#: (their traffic would drown the rest), the body of every Job creation (what a client
+#: really POSTed, before defaulting and admission), the metadata of every other request.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:nodes", "system:serviceaccounts:kube-system"]
+  - level: None
+    users: ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"]
+  - level: None
+    nonResourceURLs: ["/healthz*", "/readyz*", "/livez*", "/version"]
+  - level: Request
+    verbs: ["create"]
+    resources: [{group: "batch", resources: ["jobs"]}]
+  - level: Metadata
+"""
 ROOT = Path(__file__).resolve().parents[2]
 #: Builds or reuses the binaries; its last line of stdout is their folder.
 SCRIPT = ROOT / "scripts" / "k8s-control-plane.sh"
@@ -153,7 +175,9 @@ class Process:
         return log_tail(self.log, lines)
 
 
-def _kubeconfig(path: Path, server: str, ca: Path, user: CertPair, name: str) -> Path:
+def _kubeconfig(
+    path: Path, server: str, ca: Path, user: CertPair, name: str, namespace: str | None = None
+) -> Path:
     """A kubeconfig with the CA and client certificate embedded (portable, one file).
 
     Written as YAML by hand: base64 holds no character YAML would need quoted.
@@ -181,7 +205,8 @@ def _kubeconfig(path: Path, server: str, ca: Path, user: CertPair, name: str) ->
         "  context:\n"
         f"    cluster: {name}\n"
         f"    user: {name}\n"
-        f"current-context: {name}\n"
+        + (f"    namespace: {namespace}\n" if namespace else "")
+        + f"current-context: {name}\n"
     )
     path.chmod(0o600)
     return path
@@ -214,6 +239,7 @@ class ControlPlane:
         self.pki_dir = self.work_dir / "pki"
         self.log_dir = self.work_dir / "logs"
         self.kubeconfig = self.work_dir / "admin.kubeconfig"
+        self.audit_log = self.work_dir / "audit" / "audit.jsonl"
 
     # -- public API ---------------------------------------------------------------------
 
@@ -248,21 +274,30 @@ class ControlPlane:
             proc.stop()
         self.processes.clear()
 
-    def restart_apiserver(self, down_s: float = 0.0) -> None:
-        """Stop kube-apiserver and start it again on the same port, ``down_s`` later.
+    def restart_apiserver(
+        self, down_s: float = 0.0, while_down: Callable[[], object] | None = None
+    ) -> None:
+        """Stop kube-apiserver and start it again on the same port, ``down_s`` later and once
+        ``while_down()`` (if given) has returned.
 
-        For tests whose clients (the executor's watches, the controllers, the node agent) must
-        ride out an API server restart; etcd keeps the data.
+        For tests whose clients (the executor's polling, the controllers' and the node agent's
+        watches) must ride out an API server restart; etcd keeps the data. ``while_down`` lets
+        a test keep the API server down until its client has seen the outage (for example a
+        number of failed calls), instead of guessing a duration.
         """
         index, old = next(
             (i, p) for i, p in enumerate(self.processes) if p.name == "kube-apiserver"
         )
         old.stop()
-        time.sleep(down_s)
-        new = Process(old.name, old.argv, old.log, env=old.env)
-        new.start()
-        self.processes[index] = new
-        self._wait_ready(new, lambda: self._http_ok(f"{self.server}/readyz", self._admin_ctx))
+        try:
+            time.sleep(down_s)
+            if while_down is not None:
+                while_down()
+        finally:  # also when ``while_down`` fails: the session's other tests need it back
+            new = Process(old.name, old.argv, old.log, env=old.env)
+            new.start()
+            self.processes[index] = new
+            self._wait_ready(new, lambda: self._http_ok(f"{self.server}/readyz", self._admin_ctx))
 
     def _wait_ready(self, proc: Process, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -293,6 +328,41 @@ class ControlPlane:
         ) as resp:
             return json.loads(resp.read())
 
+    def client_kubeconfig(
+        self, user: str, groups: Sequence[str] = (), namespace: str | None = None
+    ) -> Path:
+        """A kubeconfig for a new client certificate of ``user`` (``groups`` are its RBAC
+        groups; ``system:masters`` makes it an admin) whose context namespace is ``namespace``.
+
+        A test gives the code under test its own identity, so :meth:`audit_events` can tell
+        that code's requests from the test's own.
+        """
+        stem = f"user-{len(list(self.pki_dir.glob('user-*.crt')))}"
+        pair = self._authority.issue(stem, user, organizations=tuple(groups), client=True)
+        return _kubeconfig(
+            self.work_dir / f"{stem}.kubeconfig", self.server, self.ca.cert, pair, user, namespace
+        )
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The audit log's events (stage ResponseComplete, or Panic), optionally only
+        ``user``'s, oldest first. Each has ``verb``, ``objectRef`` (resource, namespace, name,
+        subresource), ``responseStatus.code`` and, for Job creations, ``requestObject``."""
+        try:
+            lines = self.audit_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line still being written
+                continue
+            if event.get("stage") not in ("ResponseComplete", "Panic"):
+                continue
+            if user is None or event.get("user", {}).get("username") == user:
+                events.append(event)
+        return events
+
     def log_tails(self, lines: int = 30) -> str:
         """Each component's log tail, for a failing test's report."""
         return "\n\n".join(
@@ -304,6 +374,7 @@ class ControlPlane:
 
     def _make_pki(self) -> None:
         ca = CertificateAuthority(self.pki_dir)
+        self._authority = ca
         self.ca = ca.pair
         self.serving = ca.issue("apiserver", "kube-apiserver", sans=APISERVER_SANS, server=True)
         # Serving certificate for the controller-manager, scheduler and node agent ports.
@@ -403,6 +474,10 @@ class ControlPlane:
         self.etcd_url = f"http://127.0.0.1:{ports[0]}"
 
     def _start_apiserver(self) -> None:
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        policy = self.audit_log.parent / "policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+
         def argv(ports: list[int]) -> list[str]:
             return [
                 str(self.bin_dir / "kube-apiserver"),
@@ -437,6 +512,9 @@ class ControlPlane:
                 # The `kubernetes` Service would get 127.0.0.1 endpoints, which validation
                 # refuses (loopback); nothing uses that Service here (pods get 127.0.0.1).
                 "--endpoint-reconciler-type=none",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 "--profiling=false",
             ]
 

@@ -8,6 +8,9 @@
   kube-scheduler + the node agent, started once per session, logs under pytest's tmp folder.
 * ``k8s_api`` (session): an official ``kubernetes.client.ApiClient`` for the admin kubeconfig.
 * ``k8s_namespace``: a fresh namespace per test, usable (its ServiceAccount exists), deleted after.
+* ``step_cluster``: ``k8s_namespace`` made ready for the shieldtune ``kubernetes`` executor
+  (tests/cluster/steps.py: step ServiceAccount, step volume, the executor's own kubeconfig in
+  ``$KUBECONFIG``).
 
 When a test using the control plane fails, the components' log tails are added to its report.
 """
@@ -24,9 +27,10 @@ from typing import Any
 import pytest
 
 from tests.cluster.control_plane import SCRIPT, ControlPlane, ControlPlaneError
+from tests.cluster.steps import StepCluster
 from tests.cluster.waits import wait_for
 
-#: A cold build took 8-11 minutes on 2 cores (docs/cluster-control-plane.md); a generous cap.
+#: A cold build took 8-11 minutes on 2 cores (docs/cluster.md, section 9); a generous cap.
 BUILD_TIMEOUT_S = 3600
 _active: ControlPlane | None = None
 
@@ -118,6 +122,25 @@ def k8s_namespace(k8s_api: Any) -> Generator[str, None, None]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture
+def step_cluster(
+    control_plane: ControlPlane,
+    k8s_api: Any,
+    k8s_namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[StepCluster]:
+    """A namespace ready for the executor, whose kubeconfig ``$KUBECONFIG`` names (so the
+    executor, and a ``shieldtune tune`` started from the test, find it as a user's would)."""
+    cluster = StepCluster(control_plane, k8s_api, k8s_namespace, tmp_path / "pvc")
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,7 +1,7 @@
-"""What the test stand-ins for HTTP APIs (KFP, Kubernetes) share: the request handler frame
-and the log of requests a test inspects.
+"""The request handler frame and the log of requests a test inspects, for HTTP API stand-ins
+(today only the KFP REST stand-in: Kubernetes runs for real, see tests/cluster).
 
-Each stand-in routes every request through one ``_handle`` method and records requests itself,
+A stand-in routes every request through one ``_handle`` method and records requests itself,
 so the verbs, the parsing of the request line and the writing of a reply live here once.
 """
 

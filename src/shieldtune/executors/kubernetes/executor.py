@@ -11,6 +11,12 @@ SIGTERM Kubernetes sends before killing the controller pod), Jobs this
 controller started are deleted on the way out; ``ttlSecondsAfterFinished`` and
 the owner reference to the controller pod are the backstops if the controller
 is killed outright.
+
+``close()`` may run in another thread than ``run_many`` (the tuner trains a round
+in a thread and closes the executor from the main thread when interrupted): once
+it has started, no new Job is created, and a ``run_many`` still polling stops
+with a :class:`ClusterError` instead of retrying the steps whose Jobs ``close()``
+deleted.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +43,12 @@ from shieldtune.executors.step_files import REQUEST_FILE, StepStore, read_result
 from shieldtune.job import StepSpec
 from shieldtune.training.step import StepRequest, StepResult
 
-#: Consecutive failed API calls tolerated while polling before the job gives up.
+#: Polling gives up once the API has failed this many calls in a row...
 MAX_API_ERRORS = 5
+#: ...and for this long (back-off plus poll time since its last answer): an API server restart
+#: or a control-plane upgrade takes tens of seconds, whatever ``poll_seconds`` is. (Counting
+#: calls alone gave up after about 35 x ``poll_seconds``: 17 s at 0.5 s, less than a restart.)
+API_OUTAGE_SECONDS = 120.0
 #: Extra time past ``activeDeadlineSeconds`` before the controller itself gives up on a Job.
 DEADLINE_GRACE_SECONDS = 60.0
 
@@ -116,6 +127,11 @@ class KubernetesStepExecutor:
         self._sleep = sleep
         self._timeout = self.k.active_deadline_seconds + DEADLINE_GRACE_SECONDS
         self._live: set[str] = set()
+        #: Set by close(); _submit and close() hold the lock, so no Job is created after it.
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        #: Seconds slept in back-off since the API last answered (see API_OUTAGE_SECONDS).
+        self._outage_s = 0.0
         #: Every attempt of every step this executor ran: step id, Job, outcome, reason.
         self.history: list[dict[str, Any]] = []
 
@@ -136,24 +152,36 @@ class KubernetesStepExecutor:
                 for s in steps:
                     if s.result is not None:
                         continue
+                    self._check_open()
                     try:
                         self._advance(s)
-                        api_errors = 0
+                        api_errors, self._outage_s = 0, 0.0
                     except (ApiException, urllib3.exceptions.HTTPError) as exc:
                         api_errors = self._api_error(exc, api_errors)
         finally:
-            for s in steps:
-                if s.result is None and s.attempts:
-                    self._delete(s.job)
+            if not self._closed.is_set():  # else close() deletes them
+                for s in steps:
+                    if s.result is None and s.attempts:
+                        self._delete(s.job)
         return [s.result for s in steps if s.result is not None]
 
     def close(self) -> None:
-        """Delete every Job still running (interrupt, error) and release the client."""
+        """Delete every Job still running (interrupt, error) and release the client; from
+        now on no Job is created (see the module docstring)."""
+        with self._lock:
+            self._closed.set()
         for name in list(self._live):
             self._delete(name)
         self._api.close()
 
     # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise ClusterError(
+                "the kubernetes executor was closed (interrupted) while its steps ran; "
+                "their Jobs are deleted"
+            )
+
     def _submit(self, s: _Step) -> None:
         name = f"shieldtune-step-{s.step_id}-{len(s.attempts) + 1}"
         body = step_job(
@@ -166,15 +194,19 @@ class KubernetesStepExecutor:
             env=self._env,
             threads=cpu_threads(self.k.cpu_limit),
         )
-        try:
-            self._batch.create_namespaced_job(self.namespace, body)
-        except ApiException as exc:
-            raise ClusterError(
-                f"cannot create Job {name} in namespace {self.namespace}: {_describe(exc)}"
-            ) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise ClusterError(f"Kubernetes API unreachable creating Job {name}: {exc}") from None
-        self._live.add(name)
+        with self._lock:
+            self._check_open()
+            try:
+                self._batch.create_namespaced_job(self.namespace, body)
+            except ApiException as exc:
+                raise ClusterError(
+                    f"cannot create Job {name} in namespace {self.namespace}: {_describe(exc)}"
+                ) from None
+            except urllib3.exceptions.HTTPError as exc:
+                raise ClusterError(
+                    f"Kubernetes API unreachable creating Job {name}: {exc}"
+                ) from None
+            self._live.add(name)
         s.attempts.append(Attempt(name))
         s.started = time.monotonic()
 
@@ -205,6 +237,7 @@ class KubernetesStepExecutor:
         return None
 
     def _failed(self, s: _Step, reason: str) -> None:
+        self._check_open()  # close() deleted the Job: that is no failure of the step
         self._finish_attempt(s, "failed", reason)
         if len(s.attempts) > self.retries:
             tried = "; ".join(f"{a.job}: {a.reason}" for a in s.attempts)
@@ -228,11 +261,26 @@ class KubernetesStepExecutor:
             ).items
         except (ApiException, urllib3.exceptions.HTTPError):
             return "pod status unavailable"
+        if not pods:
+            # The Eviction API and a plain delete remove the pod itself, and the Job controller
+            # fails the Job as soon as the pod terminates: nothing is left to read by now. (Only
+            # a kubelet's node-pressure eviction leaves the pod behind, Failed, reason Evicted.)
+            return "its pod is gone (evicted or deleted)"
         reasons = []
         for pod in pods:
             st = pod.status
             if st.reason:
                 reasons.append(f"pod {st.reason}" + (f" ({st.message})" if st.message else ""))
+            # Set by the Eviction API, preemption and taint eviction before they delete a pod.
+            disrupted = [
+                c.reason or "DisruptionTarget"
+                for c in st.conditions or []
+                if c.type == "DisruptionTarget" and c.status == "True"
+            ]
+            if disrupted:
+                reasons.append(f"pod disrupted: {disrupted[0]}")
+            elif pod.metadata.deletion_timestamp is not None:
+                reasons.append("pod deleted")
             for cs in st.container_statuses or []:
                 term = cs.state.terminated if cs.state else None
                 if term is not None:
@@ -254,16 +302,18 @@ class KubernetesStepExecutor:
         if status in (401, 403):
             raise ClusterError(
                 f"Kubernetes API refused to read Jobs in {self.namespace}: {_describe(exc)}; "
-                "the controller's service account needs get/list/create/delete on jobs "
-                "(see manifests/base/role.yaml)"
+                "the controller's service account needs create/get/delete on jobs and list "
+                "on pods (the Role in manifests/base/rbac.yaml)"
             ) from None
         count += 1
-        if count >= MAX_API_ERRORS:
+        if count >= MAX_API_ERRORS and self._outage_s >= API_OUTAGE_SECONDS:
             raise ClusterError(
-                f"Kubernetes API failed {count} times in a row while polling step Jobs: "
-                f"{_describe(exc)}"
+                f"Kubernetes API failed {count} times in a row ({self._outage_s:.0f} s) while "
+                f"polling step Jobs: {_describe(exc)}"
             ) from None
-        self._sleep(min(30.0, self.k.poll_seconds * 2**count))
+        pause = min(30.0, self.k.poll_seconds * 2**count)
+        self._sleep(pause)
+        self._outage_s += pause + self.k.poll_seconds
         return count
 
 
