@@ -8,4 +8,9 @@ bash scripts/install.sh --tools
 bash scripts/k8s-control-plane.sh build >/dev/null
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
+# The documentation site, with its generated config and API reference: any broken link,
+# missing page or docstring that does not render fails here.
+site="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
