@@ -792,7 +792,11 @@ def main() -> None:
     ap.add_argument("--before", default="4c30d60", help="git ref of the previous version")
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, help="folder for results.json (appended per run)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="folder for results.json (rewritten after every run, so a stopped run keeps its rows)",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument(
         "--budget",
