@@ -50,7 +50,7 @@ def test_the_example_is_an_installed_package_outside_the_source_tree():
 
 def test_shieldtune_tune_tunes_the_plugin_and_reports_its_own_metric(tmp_path):
     # Loose enough that the tiny job finds a feasible model, so the final report runs.
-    spec = "safety.constraints=[fgsm_robust_acc >= 0.0, ece <= 1.0]"
+    spec = "safety.constraints=[fgsm_robust_acc >= 0.0, confident_errors <= 1.0]"
     out = subprocess.run(
         [sys.executable, "-m", "shieldtune.cli", "tune", "--config", str(CONFIG), *_sets(spec)],
         cwd=tmp_path,
@@ -61,7 +61,7 @@ def test_shieldtune_tune_tunes_the_plugin_and_reports_its_own_metric(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(next(tmp_path.glob("shieldtune-runs/*/summary.json")).read_text())
-    assert summary["constraints"] == ["fgsm_robust_acc >= 0.0", "ece <= 1.0"]
+    assert summary["constraints"] == ["fgsm_robust_acc >= 0.0", "confident_errors <= 1.0"]
     assert 0.0 < summary["test_metrics"]["ece"] < 1.0
     lines = (tmp_path / summary["output_dir"] / "steps.jsonl").read_text().splitlines()
     steps = [json.loads(line) for line in lines]

@@ -293,6 +293,7 @@ def test_prepare_data_passes_large_data_by_reference_and_later_stages_reload_it(
     for name in ("train", "val", "test"):
         assert torch.equal(getattr(a, name).x, getattr(b, name).x)
     assert torch.equal(a.input_domain.low, b.input_domain.low)
+    assert a.transform.to_dict() == b.transform.to_dict()  # it reaches register_model
     other = Job.from_config(config_from_dict({}))
     with pytest.raises(ConfigError, match="prepared dataset is for task 'breast-cancer'"):
         stages.load_prepared(tmp_path / "small", other)

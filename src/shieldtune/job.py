@@ -37,7 +37,7 @@ from shieldtune.config import (
 from shieldtune.control.search_space import SearchSpace
 from shieldtune.errors import CheckpointError, ConfigError
 from shieldtune.safety.spec import Constraint, available_metrics, parse_constraints
-from shieldtune.tasks.checker import load_task_data
+from shieldtune.tasks.checker import check_inputs, load_task_data
 from shieldtune.tasks.contract import Task, TaskData, build_model
 from shieldtune.tasks.registry import make_task
 from shieldtune.tasks.validation import check_certifiable_on, check_config_against_task
@@ -124,10 +124,14 @@ class Job:
         return self.config.tracking.registered_model_name or f"shieldtune-{self.task.name}"
 
     def load_data(self) -> TaskData:
-        """The task's splits, after the cheap contract checks; a spec that these split sizes
-        could never certify is refused here, before anything trains."""
+        """The task's splits, after the cheap contract checks (labels, finite inputs, a fresh
+        model's outputs, the metrics' return types); a spec that these split sizes could never
+        certify, or that constrains a metric without bounds, is refused here, before anything
+        trains."""
         data = load_task_data(self.task, self.config.data)
         self.check_splits(data)
+        safety = self.config.safety
+        check_inputs(self.task, data, self.constraints, safety.confidence, self.config.tuner.seed)
         return data
 
     def check_splits(self, data: TaskData) -> None:

@@ -28,7 +28,10 @@ def constraint_rows(
             rows.append((str(c), "not measured", "", VERDICTS[Decision.UNDECIDED]))
             continue
         value = report[name]
-        low, high = report.get(f"{name}_low", value), report.get(f"{name}_high", value)
+        if f"{name}_low" not in report:  # a value without bounds (a float metric) proves nothing
+            rows.append((str(c), f"{value:.4f}", "no bounds", VERDICTS[Decision.UNDECIDED]))
+            continue
+        low, high = report[f"{name}_low"], report[f"{name}_high"]
         verdict = decide(c.op, c.threshold, Estimate(value, low, high))
         rows.append((str(c), f"{value:.4f}", f"[{low:.4f}, {high:.4f}]", VERDICTS[verdict]))
     return rows

@@ -51,7 +51,7 @@ from shieldtune.safety.stats import (
     sequential_proportions,
 )
 from shieldtune.tasks.batches import head, iterate, to_device
-from shieldtune.tasks.contract import MetricInput, Task, TaskData, TensorSplit
+from shieldtune.tasks.contract import MetricInput, Task, TaskData, TensorSplit, metric_value
 
 
 def _slice(dataset: Dataset, start: int, stop: int) -> Dataset:
@@ -227,13 +227,12 @@ class MetricSuite:
                 sizes = [min(self.cfg.screen_samples, sizes[0])]
             self._attack(model, dataset, clean, sizes, domain, seed, ev, with_pgd, level)
         for metric in self.task.metrics:
-            value = metric.fn(MetricInput(model, split, dataset, logits, targets))
-            if isinstance(value, Estimate):
-                ev.estimates[metric.name] = value
-                value = value.value
-            else:
-                value = float(value)
-                ev.estimates[metric.name] = Estimate(value, value, value, 0)
+            # Bounds at the level accuracy's get; a float carries none, so it is reported but
+            # never judged (a constraint on it is refused when the job starts).
+            seen = MetricInput(model, split, dataset, logits, targets, single)
+            value, estimate = metric_value(metric.fn(seen))
+            if estimate is not None:
+                ev.estimates[metric.name] = estimate
             ev.metrics[metric.name] = value
         return ev
 

@@ -5,6 +5,11 @@ optional extra metrics and hyperparameters (see docs/tasks.md)::
 
     from shieldtune.tasks import Task, TaskData, TensorSplit, PIXELS
 
+A metric returns an :class:`Estimate` (``proportion_estimate`` for a share of samples),
+which can be constrained, or a float, which is only reported. A task whose model expects
+transformed inputs declares the transform with its data (``TaskData.transform``, e.g.
+:class:`Standardize`), and it ships with the registered model.
+
 Built-in tasks (``task.entry_point``): ``mnist-cnn``, ``breast-cancer``,
 ``japanese-vowels``.
 """
@@ -12,6 +17,7 @@ Built-in tasks (``task.entry_point``): ``mnist-cnn``, ``breast-cancer``,
 from shieldtune.tasks.contract import (
     PIXELS,
     UNBOUNDED,
+    Estimate,
     InputDomain,
     MetricInput,
     Task,
@@ -19,16 +25,24 @@ from shieldtune.tasks.contract import (
     TaskHyperparameter,
     TaskMetric,
     TensorSplit,
+    proportion_estimate,
 )
+from shieldtune.tasks.preprocessing import Compose, Resample, Standardize, Transform
 
 __all__ = [
     "PIXELS",
     "UNBOUNDED",
+    "Compose",
+    "Estimate",
     "InputDomain",
     "MetricInput",
+    "Resample",
+    "Standardize",
     "Task",
     "TaskData",
     "TaskHyperparameter",
     "TaskMetric",
     "TensorSplit",
+    "Transform",
+    "proportion_estimate",
 ]

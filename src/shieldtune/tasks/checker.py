@@ -4,34 +4,63 @@ Two depths:
 
 * :func:`load_task_data` runs the cheap checks every job runs before it trains
   anything: the data loads, every split yields ``(float tensor, int64 label)``
-  pairs with labels in range, and the model's output fits ``num_classes``;
+  pairs, every label is in ``[0, num_classes)`` and every input is finite (all of an
+  in-memory split: one pass over tensors already in memory; a spread sample of a
+  streamed one); :func:`check_model` adds that a fresh model's output on a sample of
+  every split is finite and fits ``num_classes``; :func:`check_inputs` (every job, with
+  its spec) that every extra metric returns an ``Estimate`` or a float, and that no
+  constraint names a float metric (it could never be certified);
 * :func:`check_task` (``shieldtune task-check``) adds what costs a little more:
   seeded models are reproducible, the loss is a finite scalar, a short training
   segment runs, sample inputs
   lie in the input domain, an attack stays in it, and every extra metric and
   hyperparameter hook works.
 
-Every failure is a one-line :class:`~shieldtune.errors.TaskError` naming the task
-and what to fix.
+Every failure is a one-line :class:`~shieldtune.errors.TaskError` naming the task,
+the split, the problem and what to fix: bad data found here costs one line, not a
+traceback from deep inside training or a job that "finds no safe model".
+
+The checks read data through DataLoaders and run the model; they do it under a forked
+torch RNG, so a valid job's random state, and so its results, stay as they were.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from shieldtune.config import DataConfig
-from shieldtune.errors import ShieldtuneError, TaskError, first_line
+from shieldtune.errors import ConfigError, ShieldtuneError, TaskError, first_line
 from shieldtune.tasks.batches import by_indices, head, iterate
-from shieldtune.tasks.contract import MetricInput, Task, TaskData, build_model
+from shieldtune.tasks.contract import (
+    Estimate,
+    MetricInput,
+    Task,
+    TaskData,
+    TaskMetric,
+    TensorSplit,
+    build_model,
+    metric_value,
+)
+
+if TYPE_CHECKING:
+    from shieldtune.safety.spec import Constraint
 
 #: Samples per split whose types the quick check inspects.
 _PROBE = 4
+#: Samples of a streamed split whose labels and inputs are checked (spread over the split).
+_SAMPLE = 256
+#: Samples of each split a fresh model is run on, to see that its outputs are finite.
+_FORWARD_SAMPLE = 64
+#: Validation samples the metrics are probed on.
+_METRIC_SAMPLE = 64
+_CPU = torch.device("cpu")
 
 
 def _guard(task: Task, what: str, call: Callable):
@@ -97,11 +126,60 @@ def check_split(task: Task, name: str, split: Dataset) -> None:
             f"{getattr(y, 'dtype', '?')} and batch shape {shape}; labels must be int64 class "
             "indices, one per sample"
         )
-    if int(y.min()) < 0 or int(y.max()) >= task.num_classes:
+    _check_values(task, name, split, n)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` sample indices spread evenly over ``range(n)`` (all of them if n <= k),
+    the first and the last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _check_values(task: Task, name: str, split: Dataset, n: int) -> None:
+    """Every label in ``[0, num_classes)`` and every input finite: the whole of an in-memory
+    split, a spread sample of a streamed one (reading all of it could cost an epoch)."""
+    if isinstance(split, TensorSplit):
+        x, y, index = split.x, split.y, list(range(n))
+        if x.shape[0] != n:
+            raise TaskError(
+                f"task {task.name!r}: the {name} split has {x.shape[0]} inputs but {n} labels; "
+                "fix load_data() to give one label per input"
+            )
+    else:
+        index = _spread(n, _SAMPLE)
+        with torch.random.fork_rng(devices=[]):
+            x, y = _guard(
+                task,
+                f"reading the {name} split",
+                lambda: next(by_indices(split, [index], _CPU)),
+            )
+    bad = ((y < 0) | (y >= task.num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0])
         raise TaskError(
-            f"task {task.name!r}: the {name} split has label {int(y.max())} outside "
-            f"[0, {task.num_classes - 1}] (num_classes = {task.num_classes})"
+            f"task {task.name!r}: the {name} split has label {int(y[i])} at sample {index[i]}, "
+            f"outside [0, {task.num_classes - 1}] (num_classes = {task.num_classes}); fix the "
+            "labels load_data() returns (int64 class indices from 0) or Task.num_classes"
         )
+    if torch.is_floating_point(x):
+        i = _first_not_finite(x)
+        if i is not None:
+            raise TaskError(
+                f"task {task.name!r}: the {name} split's inputs are not finite (NaN or inf) at "
+                f"sample {index[i]}; fix load_data() (impute, clip or drop such samples)"
+            )
+
+
+def _first_not_finite(x: torch.Tensor, chunk: int = 8192) -> int | None:
+    """The first sample (along the first axis) with a NaN or inf, in chunks to bound memory."""
+    for start in range(0, x.shape[0], chunk):
+        ok = torch.isfinite(x[start : start + chunk].reshape(min(chunk, x.shape[0] - start), -1))
+        rows = (~ok.all(dim=1)).nonzero()
+        if len(rows):
+            return start + int(rows[0])
+    return None
 
 
 def check_model(task: Task, model: object, data: TaskData) -> nn.Module:
@@ -123,14 +201,103 @@ def check_model(task: Task, model: object, data: TaskData) -> nn.Module:
             f"task {task.name!r}: the model maps {len(x)} inputs to output {shape}; expected "
             f"{expected} = (batch, num_classes)"
         )
+    for name in ("train", "val", "test"):
+        _check_outputs(task, model, name, getattr(data, name), device)
     return model
 
 
+def _check_outputs(
+    task: Task, model: nn.Module, name: str, split: Dataset, device: torch.device
+) -> None:
+    """A fresh model's logits on a spread sample of ``split`` are finite (its inputs are, by
+    :func:`load_task_data`): NaN logits come from the model, and would end every segment as
+    "diverged" or every metric as NaN."""
+    index = _spread(len(split), _FORWARD_SAMPLE)  # type: ignore[arg-type]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        x, _ = next(by_indices(split, [index], device))
+        out = _guard(task, "the model's forward pass", lambda: model(x))
+    i = _first_not_finite(out) if isinstance(out, torch.Tensor) else None
+    if i is not None:
+        raise TaskError(
+            f"task {task.name!r}: a freshly built model's output on the {name} split is not "
+            f"finite (NaN or inf) at sample {index[i]}, though its inputs are; fix "
+            "build_model() or the model's forward()"
+        )
+
+
+def check_inputs(
+    task: Task,
+    data: TaskData,
+    constraints: Sequence[Constraint],
+    confidence: float,
+    seed: int = 0,
+) -> None:
+    """What every job checks before it trains, with its spec: a freshly built model fits the
+    data (:func:`check_model`) and every extra metric returns an :class:`Estimate` or a float
+    on it. A float carries no uncertainty, so a constraint on it could never be certified:
+    such a spec is refused here, in one line, instead of spending the budget."""
+    model = check_model(task, build_model(task, seed, _CPU), data)
+    alpha = (1.0 - confidence) / max(len(constraints), 1)
+    bare = {m.name for m, _, est in probe_metrics(task, model, data, alpha) if est is None}
+    unbounded = [(i, c) for i, c in enumerate(constraints) if c.metric in bare]
+    if unbounded:
+        i, c = unbounded[0]
+        raise ConfigError(
+            f"config key 'safety.constraints[{i}]' ({c}) can never be certified: task "
+            f"metric {c.metric!r} returns a float, which carries no uncertainty; return "
+            "shieldtune.tasks.Estimate(value, low, high, n) with bounds at MetricInput.alpha "
+            "(for a share of samples: shieldtune.tasks.proportion_estimate(k, n, "
+            "seen.alpha)), or drop the constraint"
+        )
+
+
+def probe_metrics(
+    task: Task, model: nn.Module, data: TaskData, alpha: float
+) -> list[tuple[TaskMetric, float, Estimate | None]]:
+    """Each extra metric called once on the first validation samples: its value and, for an
+    :class:`Estimate`, its bounds (a one-line error for anything else, or bounds that do not
+    contain the value)."""
+    if not task.metrics:
+        return []
+    val = head(data.val, _METRIC_SAMPLE)
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        with torch.no_grad():
+            batches = list(iterate(val, _CPU))
+            logits = torch.cat([model(xb) for xb, _ in batches]).float()
+        targets = torch.cat([yb for _, yb in batches])
+        seen = MetricInput(model, "val", val, logits, targets, alpha)
+        return [_probe(task, m, seen) for m in task.metrics]
+
+
+def _probe(
+    task: Task, metric: TaskMetric, seen: MetricInput
+) -> tuple[TaskMetric, float, Estimate | None]:
+    raw = _guard(task, f"metric {metric.name!r}", lambda: metric.fn(seen))
+    try:
+        value, est = metric_value(raw)
+    except TypeError:
+        raise TaskError(
+            f"task {task.name!r}: metric {metric.name!r} returned {type(raw).__name__}; return "
+            "a shieldtune.tasks.Estimate (certifiable) or a float (reported only)"
+        ) from None
+    if est is not None and not math.isnan(value) and not est.low <= value <= est.high:
+        raise TaskError(
+            f"task {task.name!r}: metric {metric.name!r} returned {est}, whose bounds do not "
+            "contain its value; return Estimate(value, low, high, n) with low <= value <= high"
+        )
+    return metric, value, est
+
+
 def check_task(
-    task: Task, cfg: DataConfig, seed: int = 0, data: TaskData | None = None
+    task: Task,
+    cfg: DataConfig,
+    seed: int = 0,
+    data: TaskData | None = None,
+    alpha: float = 0.05,
 ) -> list[str]:
     """The full contract check (on ``data`` when already loaded); what was checked, a line
-    each."""
+    each. ``alpha``: the level the metrics' bounds are asked for."""
     from shieldtune.safety.attacks import fgsm
 
     lines = []
@@ -195,27 +362,33 @@ def check_task(
             )
     if task.hyperparameters:
         lines.append(f"hyperparameters: {', '.join(h.name for h in task.hyperparameters)}")
-    model.eval()
-    val = head(data.val, 64)
-    with torch.no_grad():
-        logits = torch.cat([model(xb) for xb, _ in iterate(val, device)]).float()
-    targets = torch.cat([yb for _, yb in iterate(val, device)])
-    for metric in task.metrics:
-        value = _guard(
-            task,
-            f"metric {metric.name!r}",
-            lambda m=metric: m.fn(MetricInput(model, "val", val, logits, targets)),
-        )
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+    lines += _metric_lines(task, model, data, alpha)
+    return lines
+
+
+def _metric_lines(task: Task, model: nn.Module, data: TaskData, alpha: float) -> list[str]:
+    """One line per extra metric: its value, and the bounds of an Estimate (a float is
+    reported, never certified). Both must be finite here, on a model that trained a little."""
+    lines = []
+    n = min(len(data.val), _METRIC_SAMPLE)  # type: ignore[arg-type]
+    for metric, value, est in probe_metrics(task, model, data, alpha):
+        finite = math.isfinite(value) and (est is None or math.isfinite(est.high - est.low))
+        if not finite:
             raise TaskError(
-                f"task {task.name!r}: metric {metric.name!r} returned {value!r}; return a "
-                "finite float"
+                f"task {task.name!r}: metric {metric.name!r} returned {value!r} (bounds "
+                f"{est and (est.low, est.high)}) on {n} validation samples; return finite "
+                "numbers"
             )
-        lines.append(f"metric {metric.name}: {float(value):.4f} on {len(val)} validation samples")
+        if est is None:
+            lines.append(
+                f"metric {metric.name}: {value:.4f} on {n} validation samples (a float: "
+                "reported, never certified; return an Estimate to constrain it)"
+            )
+        else:
+            lines.append(
+                f"metric {metric.name}: {value:.4f} [{est.low:.4f}, {est.high:.4f}] on {n} "
+                f"validation samples (an Estimate, one-sided bounds at level {alpha:g})"
+            )
     return lines
 
 

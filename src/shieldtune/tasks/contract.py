@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from shieldtune.safety.stats import Estimate, proportion
+from shieldtune.tasks.preprocessing import Transform
+
 if TYPE_CHECKING:
     from shieldtune.config import DataConfig
 
@@ -94,6 +97,12 @@ class TaskData:
     #: standardised with training-split statistics); they replace the task's own
     #: ``input_domain`` for attacks. Only an attackable task may set them.
     input_domain: InputDomain | None = None
+    #: What turns raw features into the inputs the splits hold (e.g. :class:`Standardize`
+    #: with the training split's statistics), when the model does not eat raw features: the
+    #: model is trained on transformed inputs, so it is useless without it. It is logged with
+    #: the registered model (``preprocessing.json`` next to ``best_model.pt``), so serving
+    #: needs neither ``load_data`` nor the training data. ``None``: raw inputs, nothing logged.
+    transform: Transform | None = None
 
     def attack_domain(self, task: Task) -> InputDomain | None:
         """The box attacks on this data clip to; ``None`` when the task is not attackable."""
@@ -113,19 +122,54 @@ class MetricInput:
     #: The model's outputs on ``dataset``, in its order, float32 on the CPU.
     logits: torch.Tensor
     targets: torch.Tensor
+    #: The one-sided level each bound of a returned :class:`Estimate` must hold at: the
+    #: spec's error budget (1 - ``safety.confidence``) split over its constraints, the share
+    #: a built-in accuracy gets. (0.05 when a test builds a MetricInput by hand.)
+    alpha: float = 0.05
+
+
+def proportion_estimate(k: int, n: int, alpha: float) -> Estimate:
+    """The share ``k / n`` of samples with some property (misclassified, flagged, ...) with
+    exact one-sided Clopper-Pearson bounds at level ``alpha`` each: what a metric returns
+    so that a constraint on it can be certified. Pass ``MetricInput.alpha``."""
+    if isinstance(k, bool) or isinstance(n, bool) or int(k) != k or int(n) != n:
+        raise TypeError(f"proportion_estimate needs integer counts, got k={k!r}, n={n!r}")
+    if not 0 <= int(k) <= int(n):
+        raise ValueError(f"proportion_estimate needs 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"proportion_estimate needs a level alpha in (0, 1), got {alpha}")
+    return proportion(int(k), int(n), float(alpha))
+
+
+def metric_value(raw: object) -> tuple[float, Estimate | None]:
+    """A metric's result as (point value, bounds): an :class:`Estimate` carries its bounds;
+    a plain number is reported but has none (nothing about its sampling error is known, so
+    a constraint on it can never be certified). Raises TypeError for anything else."""
+    if isinstance(raw, Estimate):
+        return float(raw.value), raw
+    if isinstance(raw, bool | str | bytes):
+        raise TypeError(type(raw).__name__)
+    try:
+        return float(raw), None  # type: ignore[arg-type]  # numbers, numpy and 0-d tensors
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(type(raw).__name__) from None
 
 
 @dataclass(frozen=True)
 class TaskMetric:
     """A named safety or quality metric, usable in ``safety.constraints`` like a built-in.
 
-    ``fn`` returns a float. Example: expected calibration error, or the accuracy gap
-    between two groups of samples.
+    ``fn`` returns an :class:`Estimate` ``(value, low, high, n)`` whose one-sided bounds
+    hold at ``MetricInput.alpha`` (:func:`proportion_estimate` for a share of samples):
+    that is what the spec is judged on, so only such a metric may be constrained. A plain
+    float is logged and reported but never certified: a constraint on it is refused when
+    the job starts. Examples: the share of confidently wrong predictions (an Estimate);
+    expected calibration error (a float).
     """
 
     name: str
     description: str
-    fn: Callable[[MetricInput], float]
+    fn: Callable[[MetricInput], Estimate | float]
 
 
 @dataclass(frozen=True)

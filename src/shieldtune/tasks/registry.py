@@ -52,6 +52,18 @@ def resolve_entry_point(entry_point: str) -> Callable[..., Any]:
             f"task.entry_point {entry_point!r}: importing {module_name!r} failed with "
             f"{type(exc).__name__}: {first_line(exc, 120)}"
         ) from None
+    except SystemExit as exc:  # sys.exit() at import would end the job silently
+        raise TaskError(
+            f"task.entry_point {entry_point!r}: importing {module_name!r} called "
+            f"sys.exit({exc.code!r}); a task module must not exit when it is imported"
+        ) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # anything else a module can raise while it is imported
+        raise TaskError(
+            f"task.entry_point {entry_point!r}: importing {module_name!r} raised "
+            f"{type(exc).__name__}: {first_line(exc, 120)}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -86,6 +98,10 @@ def _build(cfg: TaskConfig) -> Task:
         raise TaskError(
             f"task {cfg.entry_point!r} does not accept task.kwargs {sorted(cfg.kwargs)}: "
             f"{first_line(exc, 160)}"
+        ) from None
+    except SystemExit as exc:
+        raise TaskError(
+            f"task {cfg.entry_point!r} failed to build: the factory called sys.exit({exc.code!r})"
         ) from None
     except Exception as exc:
         raise TaskError(

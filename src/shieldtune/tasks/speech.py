@@ -5,7 +5,8 @@ vowel /ae/; each utterance is a series of 7-29 frames of 12 LPC cepstrum
 coefficients, and the task is to tell the speaker. 640 utterances ship inside
 sktime (``sktime.datasets.load_japanese_vowels``), so it loads without a
 network. Each utterance is resampled to 16 frames by linear interpolation and
-every coefficient is standardised with the training split's statistics; the
+every coefficient is standardised with the training split's statistics (the two
+steps are the data's ``transform``, which ships with the registered model); the
 attack radius ``safety.epsilon`` is in those standard deviations. Cepstral
 coefficients are unbounded reals, so attacks are limited by their radius
 alone.
@@ -20,6 +21,7 @@ from torch import nn
 from shieldtune.config import DataConfig
 from shieldtune.errors import ConfigError, DataError
 from shieldtune.tasks.contract import UNBOUNDED, Task, TaskData, TensorSplit
+from shieldtune.tasks.preprocessing import Compose, Resample, Standardize
 from shieldtune.tasks.splits import seeded_split, split_sizes
 
 #: 60 / 20 / 20 of the 640 utterances.
@@ -29,16 +31,9 @@ FRAMES = 16
 SPEAKERS = 9
 
 
-def _resample(series: np.ndarray, frames: int) -> np.ndarray:
-    """A (channels, length) series linearly interpolated to (channels, frames)."""
-    length = series.shape[1]
-    old = np.linspace(0.0, 1.0, length)
-    new = np.linspace(0.0, 1.0, frames)
-    return np.stack([np.interp(new, old, channel) for channel in series])
-
-
-def load_utterances() -> tuple[np.ndarray, np.ndarray]:
-    """All 640 utterances as (N, 12, 16) float64 and speaker labels 0..8."""
+def load_raw_utterances() -> tuple[list[np.ndarray], np.ndarray]:
+    """All 640 utterances as recorded, each (12, 7..29 frames) float64, and speaker labels
+    0..8: what :class:`~shieldtune.tasks.preprocessing.Resample` takes."""
     try:
         from sktime.datasets import load_japanese_vowels
     except ImportError as exc:  # pragma: no cover - sktime is a dependency
@@ -50,9 +45,15 @@ def load_utterances() -> tuple[np.ndarray, np.ndarray]:
             series = np.stack(
                 [frame.iloc[i, c].to_numpy(dtype=np.float64) for c in range(CHANNELS)]
             )
-            xs.append(_resample(series, FRAMES))
+            xs.append(series)
         ys.extend(int(label) - 1 for label in labels)
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    return xs, np.asarray(ys, dtype=np.int64)
+
+
+def load_utterances() -> tuple[np.ndarray, np.ndarray]:
+    """All 640 utterances resampled to (N, 12, 16) float64, and speaker labels 0..8."""
+    series, y = load_raw_utterances()
+    return Resample(FRAMES).apply(series), y
 
 
 class VowelCNN(nn.Module):
@@ -94,16 +95,21 @@ class JapaneseVowelsTask(Task):
         return VowelCNN(self.width)
 
     def load_data(self, cfg: DataConfig) -> TaskData:
-        x, y = load_utterances()
+        series, y = load_raw_utterances()
         idx = seeded_split(
             len(y), split_sizes(cfg, DEFAULT_SIZES), np.random.default_rng(cfg.split_seed)
         )
-        train = x[idx[0]]
+        resample = Resample(FRAMES)
+        train = resample.apply([series[i] for i in idx[0]])
         mean = train.mean(axis=(0, 2), keepdims=True)
         std = train.std(axis=(0, 2), keepdims=True)
+        # Shipped with the model: raw utterances of any length in, what it was trained on out.
+        transform = Compose([resample, Standardize(mean, std)])
 
         def split(index: np.ndarray) -> TensorSplit:
-            z = ((x[index] - mean) / std).astype(np.float32)
-            return TensorSplit(torch.from_numpy(z), torch.from_numpy(y[index]))
+            x = transform([series[i] for i in index])
+            return TensorSplit(x, torch.from_numpy(y[index]))
 
-        return TaskData(*(split(i) for i in idx), source="sktime:japanese_vowels")
+        return TaskData(
+            *(split(i) for i in idx), source="sktime:japanese_vowels", transform=transform
+        )

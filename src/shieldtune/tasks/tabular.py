@@ -3,7 +3,8 @@
 The Wisconsin diagnostic breast cancer data (569 patients, 30 real-valued
 features of cell nuclei, malignant vs benign) ships inside scikit-learn, so it
 loads without a network. Features are standardised with the training split's
-statistics (the validation and test splits never inform them). Robustness is
+statistics (the validation and test splits never inform them); that transform
+ships with the registered model, so it is served on raw features. Robustness is
 measured in that standardised space, with ``safety.epsilon`` in standard
 deviations; the per-feature bounds are physical: every feature is a
 non-negative measurement (a radius, an area, a concavity), so an attack may not
@@ -29,6 +30,7 @@ from shieldtune.tasks.contract import (
     TaskHyperparameter,
     TensorSplit,
 )
+from shieldtune.tasks.preprocessing import Standardize
 from shieldtune.tasks.splits import seeded_split, split_sizes
 
 #: 60 / 20 / 20 of the 569 samples.
@@ -94,12 +96,11 @@ class BreastCancerTask(Task):
         train = x[idx[0]]
         mean, std = train.mean(axis=0), train.std(axis=0)
         std[std == 0] = 1.0
+        # Shipped with the model: raw features in, what it was trained on out.
+        transform = Standardize(mean, std)
 
         def split(index: np.ndarray) -> TensorSplit:
-            z = (x[index] - mean) / std
-            return TensorSplit(
-                torch.from_numpy(z.astype(np.float32)), torch.from_numpy(y[index].astype(np.int64))
-            )
+            return TensorSplit(transform(x[index]), torch.from_numpy(y[index].astype(np.int64)))
 
         # A feature of 0 (the smallest physical value) in standardised units, per feature.
         low = torch.from_numpy(((0.0 - mean) / std).astype(np.float32))
@@ -108,4 +109,5 @@ class BreastCancerTask(Task):
             *(split(i) for i in idx),
             source="sklearn:breast_cancer",
             input_domain=InputDomain(low, high),
+            transform=transform,
         )

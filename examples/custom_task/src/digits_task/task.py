@@ -4,8 +4,10 @@
   a plain ``torch.utils.data.Dataset`` subclass (so shieldtune reads it through a
   ``DataLoader``, the path for data that does not fit in memory).
 * Model: a two-layer CNN.
-* Metric: expected calibration error (``ece``), usable in ``safety.constraints``
-  like a built-in metric, e.g. ``ece <= 0.1``.
+* Metrics: the share of confidently wrong predictions (``confident_errors``), an
+  ``Estimate`` with confidence bounds, so it can be constrained like a built-in metric
+  (``confident_errors <= 0.05``); and expected calibration error (``ece``), a float,
+  logged and reported but never certified (nothing is known about its sampling error).
 * Hyperparameter: ``label_smoothing``, applied by the task's own loss; tune it in
   ``env.search_space`` or fix it in ``training.task_hyperparameters``.
 """
@@ -24,11 +26,16 @@ from shieldtune.config import DataConfig
 from shieldtune.tasks import (
     PIXELS,
     MetricInput,
+    Estimate,
     Task,
     TaskData,
     TaskHyperparameter,
     TaskMetric,
+    proportion_estimate,
 )
+
+#: A prediction this confident that is wrong counts as a confident error.
+CONFIDENT = 0.9
 
 
 class DigitsDataset(Dataset):
@@ -61,12 +68,23 @@ def expected_calibration_error(seen: MetricInput, bins: int = 10) -> float:
     return float(ece)
 
 
+def confident_errors(seen: MetricInput) -> Estimate:
+    """The share of samples predicted wrongly with probability above ``CONFIDENT``, with
+    exact bounds at the level the spec asks (``seen.alpha``): certifiable."""
+    confidence, predicted = seen.logits.softmax(dim=1).max(dim=1)
+    wrong = (predicted != seen.targets) & (confidence > CONFIDENT)
+    return proportion_estimate(int(wrong.sum()), len(seen.targets), seen.alpha)
+
+
 class DigitsTask(Task):
     name = "digits-cnn"
     num_classes = 10
     input_domain = PIXELS
     data_sources = ("bundled",)
-    metrics = (TaskMetric("ece", "expected calibration error (10 bins)", expected_calibration_error),)
+    metrics = (
+        TaskMetric("confident_errors", "share of wrong predictions above 0.9", confident_errors),
+        TaskMetric("ece", "expected calibration error (10 bins)", expected_calibration_error),
+    )
     hyperparameters = (TaskHyperparameter("label_smoothing", 0.0, 0.0, 0.3),)
 
     def __init__(self, channels: int = 8) -> None:
