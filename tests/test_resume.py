@@ -205,7 +205,8 @@ def test_retried_kfp_tune_task_resumes_the_attempt_that_died(tmp_path):
 
 def test_resuming_a_finished_run_says_so_and_does_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["tune", *tiny_cli_args("tracking.enabled=false", "tuner.episodes=1")]) == 0
+    spec = "safety.constraints=[fgsm_robust_acc >= 0.05]"  # a job that finds a model: exit 0
+    assert main(["tune", *tiny_cli_args("tracking.enabled=false", "tuner.episodes=1", spec)]) == 0
     run = next(tmp_path.glob("shieldtune-runs/*")).name
     before = (tmp_path / "shieldtune-runs" / run / "summary.json").read_text()
     capsys.readouterr()

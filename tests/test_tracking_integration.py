@@ -26,7 +26,7 @@ from shieldtune.config import Config, TrackingConfig, config_from_dict, flatten
 from shieldtune.control.tuner import TuningSummary, run_tuning
 from shieldtune.job import Job as ResolvedJob
 from shieldtune.tracking.run_info import describe_job
-from shieldtune.tracking.tracker import CHAMPION_ALIAS
+from shieldtune.tracking.tracker import CHAMPION_ALIAS, readable
 
 from .conftest import tiny_cli_args, tiny_dict
 from .standins.mlflow_server import MlflowServer
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 #: A constraint that every trained model meets, so the final safety gate passes.
 EASY_SPEC = ["mia_advantage <= 0.9"]
 #: A constraint nothing meets: no feasible model, so nothing may be registered.
-IMPOSSIBLE_SPEC = ["fgsm_robust_acc >= 0.99"]
+IMPOSSIBLE_SPEC = ["fgsm_robust_acc >= 0.95"]  # certifiable on 300 samples, never reached
 #: Overrides that rebuild the tiny data/safety config on the ``shieldtune`` command line.
 TINY_EVAL_OVERRIDES = [
     "data.train_size=600",
@@ -263,8 +263,9 @@ def test_each_episode_is_a_nested_run_with_per_step_metric_history(
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, steps + 1))
         logged = {m.step: m.value for m in history}
-        expected = {r["step"]: r["val_acc"] for r in records if r["episode"] == episode}
-        assert logged == pytest.approx(expected)
+        # Logged at the precision the measurement has (6 significant digits).
+        expected = {r["step"]: readable(r["val_acc"]) for r in records if r["episode"] == episode}
+        assert logged == expected
         q_loss_points += len(client.get_metric_history(run.info.run_id, "q_loss"))
     # learning_starts=2: the agent learns from the second step on, so q_loss gets logged.
     assert q_loss_points >= 1
@@ -371,7 +372,8 @@ def test_a_password_in_the_tracking_uri_appears_nowhere_the_job_writes_or_prints
     uri = mlflow_server.uri.replace("http://", f"http://alice:{canary}@")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out_dir = tmp_path / "runs"
-    args = tiny_cli_args("tuner.episodes=1", f"tuner.output_dir={out_dir}")
+    spec = "safety.constraints=[fgsm_robust_acc >= 0.05]"  # a job that finds a model: exit 0
+    args = tiny_cli_args("tuner.episodes=1", f"tuner.output_dir={out_dir}", spec)
     assert cli.main(["tune", *args]) == 0
     printed = capfd.readouterr()
     summary_path = next(out_dir.glob("*/summary.json"))

@@ -57,9 +57,11 @@ def _write(data: bytes, path: Path) -> None:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` with torch.save, atomically (temp file + rename), with a checksum.
 
-    The SHA-256 of the bytes goes to ``<path>.sha256``, with the previous version's (the
-    sidecar is replaced just before the file, so a crash between the two leaves a file
-    whose digest is still listed). :func:`safe_load` refuses a file whose digest is not.
+    The SHA-256 of the bytes goes to ``<path>.sha256``, with the digest of the version on
+    disk now (the sidecar is replaced just before the file, so a crash between the two
+    leaves a file whose digest is still listed, however many such crashes come in a row:
+    the previous digest is the file's own, never a listed one that may name a version that
+    was never written). :func:`safe_load` refuses a file whose digest is not listed.
     Disk and path errors are one-line :class:`StorageError`s naming the path.
     """
     path = Path(path)
@@ -70,12 +72,37 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     sidecar = _sidecar(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        previous = _digests(sidecar)[:1]
+        previous = _digest_on_disk(path, sidecar)
         _write(json.dumps({"sha256": [digest, *previous]}).encode(), sidecar)
         _write(data, path)
     except OSError as exc:
         raise StorageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename): a reader, or a crash,
+    sees the old file or the whole new one, never an empty or partial one."""
+    path = Path(path)
+    try:
+        _write(text.encode(), path)
+    except OSError as exc:
+        raise StorageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def _digest_on_disk(path: Path, sidecar: Path) -> list[str]:
+    """The digest of the file at ``path`` as it is now, if its sidecar vouches for it (a
+    damaged file must not be listed as good); empty when there is none."""
+    listed = _digests(sidecar)
+    if not listed:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        return []
+    return [digest] if digest in listed else []
 
 
 def _digests(sidecar: Path) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from shieldtune.config import load_config
+    from shieldtune.control.finish import SUMMARY_FILE, finished_summary
     from shieldtune.control.tuner import find_resume_state, run_tuning
     from shieldtune.job import Job
     from shieldtune.training.device import apply_threads
@@ -149,16 +151,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         cfg = _resumed_config(
             cfg, state["config"], config_file=bool(args.config), overrides=args.overrides
         )
-        summary = Path(cfg.tuner.output_dir) / args.resume / "summary.json"
-        if state["job"].get("stop_reason") and summary.is_file():
+        summary = Path(cfg.tuner.output_dir) / args.resume / SUMMARY_FILE
+        stopped = state["job"].get("stop_reason")
+        if stopped and finished_summary(summary) is not None:
             print(
-                f"run {args.resume} already finished ({state['job']['stop_reason']}); nothing to "
-                f"resume: its summary is {summary}"
+                f"run {args.resume} already finished ({stopped}); nothing to resume: its "
+                f"summary is {summary}"
             )
             return 0
         job = Job.from_config(cfg)
         apply_threads(job.config.training.threads)
-        print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
+        if stopped:  # killed after its last step, before its summary was written whole
+            print(f"run {args.resume} stopped ({stopped}); completing its report and publishing")
+        else:
+            print(f"resuming run {args.resume} after global step {state['job']['global_step']}")
         s = run_tuning(job, resume=state)
     else:
         job = Job.from_config(cfg)
@@ -228,8 +234,9 @@ def _print_summary(job: Job, s) -> None:
     print(f"safety gate {gate}: every constraint must be certified on the test split")
 
 
-#: Keys a ``--resume`` may set: where the job's folder is, and how it reports progress.
-RESUME_KEYS = ("tuner.output_dir", "tuner.progress")
+#: Keys a ``--resume`` may set: where the job's folder is, how it reports progress, and
+#: (only to false) whether it logs to MLflow.
+RESUME_KEYS = ("tuner.output_dir", "tuner.progress", "tracking.enabled")
 
 
 def _resumed_config(
@@ -243,13 +250,17 @@ def _resumed_config(
     cfg = config_from_dict(saved)
     cfg.tuner.progress = given.tuner.progress
     cfg.tuner.output_dir = given.tuner.output_dir
-    mine, theirs = flatten(given), flatten(cfg)
     touched = {".".join(o.partition("=")[0].strip().split(".")[:2]) for o in overrides or []}
+    if "tracking.enabled" in touched or config_file:
+        # Only off: a job whose MLflow run or store is gone can still be finished (a job
+        # started without MLflow has no run to continue).
+        cfg.tracking.enabled = cfg.tracking.enabled and given.tracking.enabled
+    mine, theirs = flatten(given), flatten(cfg)
     keys = sorted(k for k in touched - set(RESUME_KEYS) if mine.get(k) != theirs.get(k))
     if keys:
         raise ConfigError(
             f"--resume continues the saved job, but --set changes {', '.join(keys[:3])}; "
-            f"drop those settings (only {' and '.join(RESUME_KEYS)} may be set)"
+            f"drop those settings (only {', '.join(RESUME_KEYS)} may be set)"
         )
     if config_file:
         differing = sorted(k for k in mine if k not in RESUME_KEYS and mine[k] != theirs.get(k))
@@ -257,23 +268,32 @@ def _resumed_config(
             raise ConfigError(
                 f"--resume continues the saved job, but the given config changes "
                 f"{', '.join(differing[:3])}; drop those settings (only "
-                f"{' and '.join(RESUME_KEYS)} may differ)"
+                f"{', '.join(RESUME_KEYS)} may differ)"
             )
     return cfg
 
 
-def _checkpoint_from_model_uri(uri: str) -> Path:
+def _checkpoint_from_model_uri(args: argparse.Namespace) -> Path:
+    """The checkpoint ``--model-uri`` names, downloaded with the HTTP retries the config and
+    ``--set tracking.*`` give (MLflow's own default retries for minutes)."""
     from mlflow.exceptions import MlflowException
 
+    from shieldtune.config import load_config
     from shieldtune.errors import first_line
-    from shieldtune.tracking.registry import download_checkpoint
+    from shieldtune.tracking.registry import MissingArtifactsError, download_checkpoint
     from shieldtune.tracking.tracker import default_tracking_uri, redact
 
+    uri = args.model_uri
     if not uri.startswith("models:/"):
         raise CheckpointError(
             f"--model-uri {uri!r} must look like models:/NAME@ALIAS or models:/NAME/VERSION"
         )
     store = default_tracking_uri()
+    # Only the tracking section is read here (the rest applies to the checkpoint's config).
+    tracking = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("tracking.")]
+    settings = load_config(args.config, tracking).tracking
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(settings.http_backoff_factor))
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
         # Opening it would create an empty store here and then report "not found".
         raise CheckpointError(
@@ -283,11 +303,41 @@ def _checkpoint_from_model_uri(uri: str) -> Path:
     print(f"downloading {uri} from {redact(store)}...", file=sys.stderr, flush=True)
     try:
         return download_checkpoint(uri, store)
+    except MissingArtifactsError:
+        raise  # the right store: the version's files are gone
     except (CheckpointError, MlflowException) as exc:
         raise CheckpointError(
             f"{redact(first_line(exc))} (MLflow store {redact(store)}); set "
             "MLFLOW_TRACKING_URI to the store that holds it"
         ) from None
+    except Exception as exc:  # the store itself cannot be opened (a file that is no database)
+        if not type(exc).__module__.startswith(("sqlalchemy", "alembic", "requests", "urllib3")):
+            raise
+        raise CheckpointError(
+            f"MLflow store {redact(store)} cannot be opened to resolve {uri} "
+            f"({type(exc).__name__}: {redact(first_line(exc))}); set MLFLOW_TRACKING_URI to "
+            "the store that holds it"
+        ) from None
+
+
+def _check_output_file(output: str) -> None:
+    """Refuse an ``--output`` that cannot be written as a file: a folder, or a file in a
+    folder that does not exist or is not writable."""
+    from shieldtune.errors import StorageError
+
+    path = Path(output)
+    problem = None
+    try:
+        if path.is_dir():
+            problem = "it is a folder; name a file (e.g. report.json) in it"
+        elif not path.parent.is_dir():
+            problem = f"its folder {str(path.parent)!r} does not exist; create it first"
+        elif not os.access(path.parent, os.W_OK | os.X_OK):
+            problem = f"its folder {str(path.parent)!r} is not writable"
+    except OSError as exc:  # a name too long to look up
+        problem = exc.strerror or str(exc)
+    if problem:
+        raise StorageError(f"--output {output!r} cannot be written: {problem}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -296,7 +346,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from shieldtune.safety.suite import test_report
     from shieldtune.training.device import apply_threads
 
-    path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args.model_uri)
+    if args.output:  # before minutes of evaluation, not after them
+        _check_output_file(args.output)
+    path = Path(args.checkpoint) if args.checkpoint else _checkpoint_from_model_uri(args)
     # The architecture always comes from the checkpoint: those are the weights it holds.
     model, ckpt, _ = load_checkpoint(path)
     if args.config:
@@ -320,7 +372,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for line in _report_lines(job, report):
         print(line)
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        from shieldtune.checkpoint import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(report, indent=2))
     return 0 if report["constraints_satisfied"] else 1
 
 

@@ -53,7 +53,8 @@ whose result breaks the spec is a *violation*: it is recorded and, with
 ``shield.rollback``, not accepted: the model, optimizer state and
 hyperparameters return to the last safe state, so no accepted model after
 warm-up ever violates the spec. A diverging segment (NaN/inf or exploding
-loss) is always a violation and ends the episode instead of crashing.
+loss) is never accepted and ends the episode instead of crashing; it counts as
+a violation after the first safe state and as warm-up before it.
 """
 
 from __future__ import annotations
@@ -333,7 +334,9 @@ class HyperparamEnv(gym.Env):
             observed = result.metrics
             certified = Decision(int(result.metrics.get("certified", Decision.UNDECIDED)))
         unsafe = cost > 0
-        warmup = unsafe and not self.safe_reached and not result.diverged
+        # Before the episode's first safe state every unsafe segment is warm-up, a diverged one
+        # included (there was never a safe state for it to come "after").
+        warmup = unsafe and not self.safe_reached
         violation = unsafe and not warmup
         drop = self._rules.collapse_drop
         collapsed = (

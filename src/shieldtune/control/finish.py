@@ -2,7 +2,8 @@
 
 The best certified-safe checkpoint is evaluated once on the test split, the
 run's artifacts (config, steps, shield audit, policy, plot, model checkpoint)
-are written and logged, and the model is registered with its promotion decided
+are written and logged, and the model is registered (with its input
+preprocessing, ``TaskData.transform``, next to the weights) with its promotion decided
 against the current champion, re-measured on the same test split under the same
 spec (one path for ``shieldtune tune`` and the pipeline's ``register_model``).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from shieldtune.checkpoint import save_model_checkpoint, save_policy
+from shieldtune.checkpoint import atomic_write_text, save_model_checkpoint, save_policy
 from shieldtune.control.controller import ShieldedController
 from shieldtune.control.job_state import BestFeasible, JobState
 from shieldtune.errors import CheckpointError
@@ -26,9 +28,13 @@ from shieldtune.job import Job, load_checkpoint
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import first_inputs
 from shieldtune.tasks.contract import TaskData, build_model
+from shieldtune.tasks.preprocessing import PREPROCESSING_FILE, Transform
 from shieldtune.tracking.model_card import card_fields
 from shieldtune.tracking.plots import plot_steps
 from shieldtune.tracking.tracker import Tracker, redact
+
+#: The job's summary in its run folder, written last: its "finished" marker.
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -41,7 +47,7 @@ class TuningSummary:
     #: Trained segments whose measured result broke the spec (warm-up and violations).
     unsafe_segments: int
     #: Of those, segments after the episode's first safe state (rolled back), diverged ones
-    #: included.
+    #: after it included.
     violations: int
     #: Of those, segments before the episode's first safe state (nothing safe to return to).
     warmup_steps: int
@@ -107,8 +113,13 @@ def finish_job(
         exploits=len(s.exploits),
     )
     result.registered_model = publish(job, data, tracker, result)
-    (out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    tracker.log_artifact(out_dir / "summary.json")
+    # MLflow gets a copy: the run folder's summary.json is the job's "finished" marker, which
+    # write_summary() writes last, once the MLflow run is closed (a kill before that resumes
+    # and completes whatever is missing).
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / SUMMARY_FILE
+        copy.write_text(json.dumps(result.to_dict(), indent=2))
+        tracker.log_artifact(copy)
     tracker.log_parent(
         {
             "wall_seconds": result.wall_seconds,
@@ -121,6 +132,21 @@ def finish_job(
         }
     )
     return result
+
+
+def write_summary(out_dir: Path, result: TuningSummary) -> Path:
+    """The finished marker, ``summary.json``: written atomically, after everything else."""
+    return atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(result.to_dict(), indent=2))
+
+
+def finished_summary(path: Path) -> dict[str, Any] | None:
+    """The summary of a job that finished, or None when it is absent, empty or damaged (the
+    job was stopped before its marker was written whole: resuming it completes it)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and "stop_reason" in summary else None
 
 
 def note(message: str) -> None:
@@ -264,17 +290,30 @@ def publish_checkpoint(
     counts: dict[str, float],
 ) -> dict[str, Any] | None:
     """Register ``checkpoint`` (its test ``report`` measured on ``data.test``) in the job's
-    run; ``counts`` are the run's step and unsafe-segment counts for the card."""
+    run, with the data's input transform next to it; ``counts`` are the run's step and
+    unsafe-segment counts for the card."""
     model, ckpt, _ = load_checkpoint(checkpoint)
     card = card_fields(job, data, report, ckpt["schedule"], counts, tracker.version)
-    return tracker.publish(
-        model,
-        checkpoint,
-        first_inputs(data.test, 2),
-        report,
-        lambda path: checkpoint_report(path, job, data),
-        card,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return tracker.publish(
+            model,
+            checkpoint,
+            first_inputs(data.test, 2),
+            report,
+            lambda path: checkpoint_report(path, job, data),
+            card,
+            preprocessing_files(data.transform, Path(tmp)),
+        )
+
+
+def preprocessing_files(transform: Transform | None, folder: Path) -> list[Path]:
+    """``transform`` written as ``folder/preprocessing.json`` to ship with the model (see
+    shieldtune.tasks.preprocessing); nothing for a task whose model eats raw inputs."""
+    if transform is None:
+        return []
+    path = folder / PREPROCESSING_FILE
+    path.write_text(json.dumps(transform.to_dict(), indent=2))
+    return [path]
 
 
 def checkpoint_report(path: Path, job: Job, data: TaskData) -> dict[str, float]:

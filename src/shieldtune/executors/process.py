@@ -10,7 +10,8 @@ down many times over.
 Workers are started with ``spawn`` (forking a process that already runs torch
 threads can deadlock). A step whose worker raises or dies is retried on a
 fresh pool up to ``tuner.step_retries`` times, then reported as a
-:class:`~shieldtune.errors.StepFailedError`.
+:class:`~shieldtune.errors.StepFailedError`. Workers end with the controller,
+even a SIGKILLed one (they watch their parent process).
 """
 
 from __future__ import annotations
@@ -31,10 +32,37 @@ from shieldtune.training.step import StepRequest, StepResult, StepRunner
 _worker: StepRunner | None = None
 
 
-def _init_worker(steps: dict[str, Any], data: TaskData | None, threads: int) -> None:
+#: How often a worker checks that the process that started it still runs (seconds).
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when ``parent`` (the controller) is gone, even if it was SIGKILLed:
+    a worker holds a copy of the splits (about 1 GB on MNIST) and would otherwise wait on
+    its pipe forever. A thread polls ``os.getppid()`` (an orphan is re-parented); Linux's
+    PR_SET_PDEATHSIG does not fit, as it fires when the *thread* that started the worker
+    ends, and rounds run on a thread of their own."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before this worker got this far
+        os._exit(1)
+    threading.Thread(target=watch, name="shieldtune-parent-watch", daemon=True).start()
+
+
+def _init_worker(
+    steps: dict[str, Any], data: TaskData | None, threads: int, parent: int | None = None
+) -> None:
     import torch
 
     global _worker
+    if parent is not None:
+        _exit_with_parent(parent)
     torch.set_num_threads(threads)
     _worker = StepSpec.from_dict(steps).runner(data)
 
@@ -67,7 +95,7 @@ class ProcessStepExecutor:
         # In-memory splits are sent to each worker once; a streamed dataset is reopened by
         # each worker through its task (it may not pickle, and need not fit in memory).
         in_memory = all(isinstance(s, TensorSplit) for s in (data.train, data.val, data.test))
-        self._initargs = (steps.to_dict(), data if in_memory else None, threads)
+        self._initargs = (steps.to_dict(), data if in_memory else None, threads, os.getpid())
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from shieldtune.errors import StorageError
 from shieldtune.job import Job, load_job
 
 PIPELINES = ("tuning_pipeline", "retune_pipeline")
@@ -89,10 +90,26 @@ def pipeline_params(job: Job, pipeline: str) -> dict[str, Any]:
     return params
 
 
+def check_output_dir(folder: Path, option: str) -> None:
+    """Refuse, in one line and before anything runs, a folder ``option`` that cannot be made
+    or written: a file, or below a file or an unwritable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{str(existing)!r} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{str(existing)!r} is not writable"
+    if problem:
+        raise StorageError(f"{option} {str(folder)!r} cannot be used: {problem}")
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from shieldtune.pipeline.pipelines import compile_all
 
     if args.action == "compile":
+        check_output_dir(Path(args.output_dir), "--output-dir")
         for path in compile_all(Path(args.output_dir), args.base_image):
             print(path)
         return 0
@@ -125,8 +142,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _run_local(args: argparse.Namespace, job: Job, params: dict[str, Any]) -> int:
     """Check the data here first, run through kfp.local, then print the outcome."""
-    from shieldtune.pipeline.local_run import run_local
-    from shieldtune.pipeline.stages import OUTCOME_FILE_ENV
+    from shieldtune.pipeline.local_run import failure_message, run_local
+    from shieldtune.pipeline.stages import ERRORS_FILE_ENV, OUTCOME_FILE_ENV
     from shieldtune.tracking.tracker import default_tracking_uri, redact, ui_hint
 
     print(
@@ -134,11 +151,13 @@ def _run_local(args: argparse.Namespace, job: Job, params: dict[str, Any]) -> in
         file=sys.stderr,
         flush=True,
     )
-    job.load_data()
     workdir = Path(args.workdir)
+    check_output_dir(workdir, "--workdir")
+    job.load_data()
     with tempfile.TemporaryDirectory() as tmp:
-        outcome_file = Path(tmp) / "outcome.json"
+        outcome_file, errors_file = Path(tmp) / "outcome.json", Path(tmp) / "errors.txt"
         os.environ[OUTCOME_FILE_ENV] = str(outcome_file)
+        os.environ[ERRORS_FILE_ENV] = str(errors_file)
         try:
             run_local(args.pipeline, params, workdir)
             failure = None
@@ -146,17 +165,15 @@ def _run_local(args: argparse.Namespace, job: Job, params: dict[str, Any]) -> in
             failure = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         finally:
             os.environ.pop(OUTCOME_FILE_ENV, None)
+            os.environ.pop(ERRORS_FILE_ENV, None)
         outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+        errors = errors_file.read_text().splitlines() if errors_file.is_file() else []
     uri = default_tracking_uri()
     for line in outcome_lines(outcome):
         print(line)
     print(f"artifacts: {workdir}/local_outputs; MLflow: {redact(uri)}; browse: {ui_hint(uri)}")
     if failure:
-        print(
-            f"shieldtune: error: {failure} (its one-line error is above; tasks that fail "
-            "on the user's input are not retried)",
-            file=sys.stderr,
-        )
+        print(f"shieldtune: error: {failure_message(failure, errors)}", file=sys.stderr)
         return 1
     return 0
 

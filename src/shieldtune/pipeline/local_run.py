@@ -8,6 +8,7 @@ component subprocess logs into the same store.
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,25 @@ from kfp import local
 
 from shieldtune.pipeline.pipelines import build_pipelines
 from shieldtune.tracking.tracker import default_tracking_uri
+
+
+def failure_message(failure: str, errors: list[str]) -> str:
+    """The runner's closing error for kfp.local's ``failure`` ("Pipeline 'x' finished with
+    status FAILURE. Inner task failed: 'tune'."): the task that failed and the one-line
+    error it printed (``errors``, in order), or that it failed unexpectedly."""
+    from shieldtune.pipeline.pipelines import NOT_RETRIED
+
+    found = re.search(r"[Ii]nner task failed: '([^']+)'", failure)
+    task = found.group(1) if found else None
+    what = f"task {task!r}" if task else "the pipeline"
+    if errors:
+        retried = task is None or task.replace("-", "_") not in NOT_RETRIED
+        again = "after its retries" if retried else "not retried: a retry would repeat it"
+        return f"{what} failed: {errors[-1]} ({again}; fix that and run again)"
+    return (
+        f"{what} failed unexpectedly (retried first where the task allows it); its traceback "
+        "is above"
+    )
 
 
 def run_local(pipeline: str, params: dict[str, Any], workdir: Path) -> Any:

@@ -38,6 +38,7 @@ from shieldtune.job import Job, job_from_dict, load_checkpoint
 from shieldtune.safety.suite import test_report
 from shieldtune.tasks.batches import iterate, labels
 from shieldtune.tasks.contract import InputDomain, Task, TaskData, TensorSplit
+from shieldtune.tasks.preprocessing import PREPROCESSING_FILE, load_preprocessing
 from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import (
     Tracker,
@@ -58,6 +59,8 @@ INLINE_LIMIT_BYTES = 256 * 2**20
 _SPLITS = ("train", "val", "test")
 #: Where ``pipeline run --local`` asks the last stage to write the pipeline's outcome.
 OUTCOME_FILE_ENV = "SHIELDTUNE_OUTCOME_FILE"
+#: Where a component also appends its one-line error (the local runner repeats it at the end).
+ERRORS_FILE_ENV = "SHIELDTUNE_ERRORS_FILE"
 #: Pipeline parameters that set config keys (empty strings and zero counts: keep config_json's).
 PARAMETER_KEYS = {
     "episodes": "tuner.episodes",
@@ -80,6 +83,10 @@ def one_line_errors() -> Iterator[None]:
         yield
     except ShieldtuneError as exc:
         print(f"shieldtune: error: {exc}", file=sys.stderr, flush=True)
+        target = os.environ.get(ERRORS_FILE_ENV)
+        if target:
+            with open(target, "a") as fh:
+                fh.write(" ".join(str(exc).split()) + "\n")
         raise SystemExit(2) from None
 
 
@@ -186,6 +193,9 @@ def prepare_data(job: Job, out_dir: Path) -> dict[str, Any]:
             },
             out_dir / "splits.pt",
         )
+        if data.transform is not None:  # registered with the model at the end
+            text = json.dumps(data.transform.to_dict(), indent=2)
+            (out_dir / PREPROCESSING_FILE).write_text(text)
     manifest = {
         "task": cfg.task.entry_point,
         "task_kwargs": cfg.task.kwargs,
@@ -221,10 +231,12 @@ def load_prepared(out_dir: Path, job: Job) -> TaskData:
         return job.load_data()
     obj = safe_load(Path(out_dir) / "splits.pt", SPLITS_KIND)
     domain = obj.get("input_domain")
+    spec = Path(out_dir) / PREPROCESSING_FILE
     return TaskData(
         *(TensorSplit(obj[n]["x"], obj[n]["y"]) for n in _SPLITS),
         source=manifest["source"],
         input_domain=None if domain is None else InputDomain(domain["low"], domain["high"]),
+        transform=load_preprocessing(json.loads(spec.read_text())) if spec.exists() else None,
     )
 
 

@@ -84,13 +84,55 @@ def download_checkpoint(uri: str, tracking_uri: str, into: Path | None = None) -
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise  # the server failed: the caller's retry wrapper makes it one line
+        missing = missing_artifacts(uri, tracking_uri)
+        if missing is not None:  # the registry knows the version: its files are gone
+            raise missing from None
         raise CheckpointError(f"cannot resolve {uri}: {first_line(exc)}") from None
     found = sorted(local.rglob(CHECKPOINT_FILE))
     if not found:
+        missing = missing_artifacts(uri, tracking_uri) if not any(local.rglob("*")) else None
+        if missing is not None:
+            raise missing
         raise CheckpointError(
             f"{uri} carries no {CHECKPOINT_FILE}; it was not logged by shieldtune"
         )
     return found[0]
+
+
+class MissingArtifactsError(CheckpointError):
+    """A registered version whose files were deleted from the artifact store."""
+
+
+def missing_artifacts(uri: str, tracking_uri: str) -> MissingArtifactsError | None:
+    """The error for ``uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) when the
+    registry knows the version it names (so its files, not the store, are missing); None
+    when it does not."""
+    rest = uri.removeprefix("models:/")
+    client = MlflowClient(tracking_uri)
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = rest.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except (MlflowException, ValueError):
+        return None
+    where = version.source or "the artifact store"
+    try:  # MLflow 3: the source is models:/<model id>; its files' place is the logged model's
+        source = version.source or ""
+        model_id = getattr(version, "model_id", None) or (
+            source.removeprefix("models:/") if source.startswith("models:/m-") else None
+        )
+        if model_id:
+            where = client.get_logged_model(model_id).artifact_location
+    except (MlflowException, AttributeError):
+        pass
+    return MissingArtifactsError(
+        f"{uri} is version {version.version} of registered model {name!r}, but that "
+        f"version's artifacts are missing (deleted from {where}); register a new version "
+        f"(shieldtune tune) or move the alias to a version whose artifacts exist"
+    )
 
 
 def decide_promotion(

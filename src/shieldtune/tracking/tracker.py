@@ -8,12 +8,15 @@ so tracking stays a small share of a step's wall time.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,13 +27,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from shieldtune.config import TrackingConfig
-from shieldtune.errors import TrackingError, first_line
+from shieldtune.errors import TrackingError, first_line, is_existing_file
 from shieldtune.tasks.contract import TaskData, TensorSplit
 from shieldtune.tracking.audit import COLUMNS as AUDIT_COLUMNS
 from shieldtune.tracking.audit import audit_html, audit_rows
 from shieldtune.tracking.model_card import CardFacts, render_card
 from shieldtune.tracking.registry import (
     CHAMPION_ALIAS,
+    Promotion,
     champion_version,
     decide_promotion,
     version_of_run,
@@ -108,11 +112,14 @@ class Tracker:
         #: Environment variables this tracker set, with the values to restore in finish().
         self._saved_env: dict[str, str | None] = {}
         self.client: MlflowClient | None = None
+        #: The command that resumes this job (its run folder's), for error messages.
+        self.resume_command: str | None = None
 
     def _connect(self) -> None:
         # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; finish() restores it so a
         # later job in the same process (from another folder) does not inherit this store.
-        self._saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *_TUNED_ENV)}
+        if not self._saved_env:  # (a retried connect must not save what the first one set)
+            self._saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *_TUNED_ENV)}
         # Without a buffering interval MLflow's async worker polls its queue with a 1 s timeout,
         # so every end_run/flush waits up to 1 s for it to notice; with one it stops at once.
         os.environ.setdefault(_BUFFERING_ENV, "1")
@@ -126,19 +133,75 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(t.http_backoff_factor))
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        with store_lock(self.uri):  # (a new store's tables are made here)
+            self.client = MlflowClient(self.uri)
 
-    def attach(self, run_id: str, resumed: bool = False) -> None:
+    def attach(self, run_id: str, resumed: bool = False, store: str | None = None) -> None:
         """Continue an existing parent run: a later pipeline stage logging into the job's run,
-        or (``resumed``) a tuning job restarting after a crash."""
+        or (``resumed``) a tuning job restarting after a crash. ``store``: the local store the
+        job started in (used when no MLFLOW_TRACKING_URI says otherwise, so a resume from
+        another folder finds it). A store or run that is gone is one line saying how to
+        finish the job, never a new empty store."""
         if not self.enabled:
             return
+        if resumed:
+            if store and store.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+                self.uri = store
+            self._check_resumable(run_id)
         self._connect()
+        if resumed:
+            self._check_run(run_id)
         run = self._call(lambda: mlflow.start_run(run_id=run_id))
         self.parent_id = run.info.run_id
         self.run_name = run.info.run_name or self.parent_id
         self.experiment_id = run.info.experiment_id
         self.resumed = resumed
+
+    def _cannot_continue(self, run_id: str, problem: str) -> TrackingError:
+        return TrackingError(
+            f"run {run_id} cannot be continued in MLflow: {problem}; point MLFLOW_TRACKING_URI "
+            f"at the store that holds it, or finish the job without MLflow: "
+            f"{self._resume_command(run_id)} --set tracking.enabled=false"
+        )
+
+    def _check_resumable(self, run_id: str) -> None:
+        """A local store that does not exist: refused before it is opened (and created)."""
+        path = self.uri.removeprefix("sqlite:///").split("?", 1)[0]
+        if self.uri.startswith("sqlite:///") and not is_existing_file(path):
+            raise self._cannot_continue(
+                run_id, f"its MLflow store {path} does not exist (deleted, or another folder)"
+            )
+
+    def _check_run(self, run_id: str) -> None:
+        """The job's run must still be in the store, and not deleted."""
+        assert self.client is not None
+        client = self.client
+
+        def get_run() -> Any:
+            try:
+                return client.get_run(run_id)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise  # a server failure: one line from _call
+
+        run = self._call(get_run)
+        if run is None:
+            raise self._cannot_continue(
+                run_id, f"the run is not in {redact(self.uri)} (deleted for good?)"
+            )
+        if run.info.lifecycle_stage == "deleted":
+            raise self._cannot_continue(
+                run_id,
+                f"the run is deleted in {redact(self.uri)} (restore it with mlflow runs restore "
+                f"--run-id {run_id})",
+            )
+
+    def _resume_command(self, run_id: str | None = None) -> str:
+        """How to resume this job (the run folder's own command, when known)."""
+        if self.resume_command:
+            return self.resume_command
+        return f"shieldtune tune --resume {run_id or self.parent_id or 'RUN_ID'}"
 
     def start(self) -> None:
         """Open the job's parent run (one clear error if the tracking server is unreachable)."""
@@ -168,7 +231,7 @@ class Tracker:
 
     def _call(self, call: Callable[[], T]) -> T:
         """``call()`` with :func:`_retrying`'s one-line error, naming the run to resume."""
-        hint = RESUME_HINT.replace("RUN_ID", self.parent_id) if self.parent_id else RESUME_HINT
+        hint = RESUME_HINT.replace("shieldtune tune --resume RUN_ID", self._resume_command())
         return _retrying(call, self.uri, hint)
 
     def _open_parent(self) -> None:
@@ -358,11 +421,13 @@ class Tracker:
         report: dict[str, float],
         evaluate_champion: Callable[[Path], dict[str, float]],
         card: dict[str, Any],
+        extra_files: Sequence[Path] = (),
     ) -> dict[str, Any] | None:
         """Register the model (once per run), decide promotion against the current champion,
         and write the model card (run artifact and version description); see
         :mod:`shieldtune.tracking.registry`. ``card`` holds :class:`CardFacts` fields but
-        the version, the run and the decision."""
+        the version, the run and the decision; ``extra_files`` ship in the logged model's
+        folder next to ``checkpoint`` (its input preprocessing)."""
         if not (self.enabled and self.settings.log_model):
             return None
         client, run_id = self._parent()
@@ -370,13 +435,10 @@ class Tracker:
         # A retried task or a resumed job finds the version its run registered before.
         version = self._call(partial(version_of_run, client, name, run_id))
         if version is None:
-            version = self._log_and_register(model, checkpoint, example)
-        champion = self._call(partial(champion_version, client, name))
+            version = self._log_and_register(model, [checkpoint, *extra_files], example)
         # A server failure while fetching the champion is one line naming the run (a retried
         # task decides again), never a promotion without the comparison.
-        promotion = self._call(
-            partial(decide_promotion, name, report, champion, version, evaluate_champion, self.uri)
-        )
+        promotion = self._promote(client, name, version, report, evaluate_champion)
         text = render_card(
             CardFacts(model_name=name, version=version, run_id=run_id, promotion=promotion, **card)
         )
@@ -391,8 +453,6 @@ class Tracker:
             self._call(partial(client.set_model_version_tag, name, version, key, value))
         self._call(partial(client.update_model_version, name, version, description=text))
         self._call(partial(client.log_text, run_id, text, "model_card.md"))
-        if promotion.promoted:
-            self._call(partial(client.set_registered_model_alias, name, CHAMPION_ALIAS, version))
         verdict = "promoted to @champion" if promotion.promoted else "not promoted"
         self.set_outcome(f"{name} v{version} {verdict}", promotion.reason)
         return {
@@ -403,7 +463,54 @@ class Tracker:
             "card": text,
         }
 
-    def _log_and_register(self, model: Any, checkpoint: Path, example: Any) -> str:
+    def _promote(
+        self,
+        client: MlflowClient,
+        name: str,
+        version: str,
+        report: dict[str, float],
+        evaluate_champion: Callable[[Path], dict[str, float]],
+    ) -> Promotion:
+        """Decide against the current champion and move ``@champion`` compare-and-set: two
+        challengers finishing together must not both win (the alias ending on the worse one).
+        On a local store the whole decision holds the store's lock; on any store the alias
+        is re-read just before it is moved and once after, and a champion that changed
+        meanwhile is compared with again (a few times at most)."""
+        with store_lock(self.uri):
+            champion = first = self._call(partial(champion_version, client, name))
+            for _ in range(PROMOTION_ATTEMPTS):
+                promotion = self._call(
+                    partial(
+                        decide_promotion,
+                        name,
+                        report,
+                        champion,
+                        version,
+                        evaluate_champion,
+                        self.uri,
+                    )
+                )
+                now = self._call(partial(champion_version, client, name))
+                if now != champion:  # another job moved it while this one compared
+                    champion = now
+                    continue
+                if not promotion.promoted:
+                    return _moved(promotion, first, champion)
+                self._call(
+                    partial(client.set_registered_model_alias, name, CHAMPION_ALIAS, version)
+                )
+                now = self._call(partial(champion_version, client, name))
+                if now == version:
+                    return _moved(promotion, first, champion)
+                champion = now  # moved by another job right after: compare with that one
+        return Promotion(
+            False,
+            f"not promoted: @champion kept moving while this version was compared with it "
+            f"(now v{champion}); another job promoted its model at the same time",
+            champion,
+        )
+
+    def _log_and_register(self, model: Any, files: Sequence[Path], example: Any) -> str:
         from mlflow.models import infer_signature
 
         with _torch_no_grad():
@@ -418,7 +525,7 @@ class Tracker:
                 signature=infer_signature(example.numpy(), output),
                 input_example=example.numpy(),
                 registered_model_name=self.run.registered_model_name,
-                extra_files=[str(checkpoint)],
+                extra_files=[str(f) for f in files],
                 serialization_format="pt2",
                 pip_requirements=[f"shieldtune=={self.version}"],
             )
@@ -449,12 +556,17 @@ class Tracker:
         for minutes against a dead server); the first error is raised at the end."""
         if not self.enabled:
             return
-        assert self.client is not None
         client = self.client
-        closes = [
-            mlflow.flush_async_logging,
-            *(partial(client.set_terminated, run_id, status) for run_id in self._open_episodes),
-        ]
+        # A store that could not be opened (its error is what the caller reports) left no
+        # client and no runs: only the environment is restored.
+        closes = (
+            []
+            if client is None
+            else [
+                mlflow.flush_async_logging,
+                *(partial(client.set_terminated, run_id, status) for run_id in self._open_episodes),
+            ]
+        )
         errors: list[TrackingError] = []
         for close in closes:
             try:
@@ -472,7 +584,8 @@ class Tracker:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        mlflow.set_tracking_uri(self._saved_env.get("MLFLOW_TRACKING_URI"))
+        if self._saved_env:
+            mlflow.set_tracking_uri(self._saved_env.get("MLFLOW_TRACKING_URI"))
         if errors:
             raise errors[0]
 
@@ -483,6 +596,51 @@ RESUME_HINT = (
 )
 #: Tries to open a store another job may be creating at the same moment.
 STORE_INIT_ATTEMPTS = 5
+#: Comparisons a promotion makes when other jobs move ``@champion`` meanwhile.
+PROMOTION_ATTEMPTS = 4
+
+
+def _moved(promotion: Promotion, first: str | None, champion: str | None) -> Promotion:
+    """``promotion``, saying so when another job moved ``@champion`` during the decision."""
+    if first == champion:
+        return promotion
+    was = f"v{first}" if first else "none"
+    note = f" (another job moved @champion from {was} to v{champion} meanwhile: compared again)"
+    return dataclasses.replace(promotion, reason=promotion.reason + note)
+
+
+def _sqlite_folder(uri: str) -> Path | None:
+    """The folder of a ``sqlite:///PATH`` store's file (None: another kind of store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).parent
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on a local (sqlite) store while it is held: MLflow creates and
+    migrates a new store's tables when it is first opened, and jobs doing that at the same
+    moment break each other's migrations; promotions read, compare and move ``@champion``
+    one at a time. (A flock on the store's folder: no file is left behind. Other stores:
+    no lock; see :meth:`Tracker._promote`.)"""
+    folder = _sqlite_folder(uri)
+    try:
+        fd = os.open(folder, os.O_RDONLY) if folder is not None else None
+    except OSError:  # a missing folder: opening the store says so
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 START_HINT = "check MLFLOW_TRACKING_URI and that the server runs, or set tracking.enabled=false"
 
 
