@@ -7,9 +7,11 @@
    model) and plausible metrics, so what is timed is everything but training: the DQN and the
    critic (acting, storing N transitions, the round's update), the shield's decisions, the
    exploit step, the records and the crash-safe checkpoint of every member after each round.
-   It is compared with the wall time of one real step of the same job (train one segment and
-   evaluate it, measured here): a cluster keeps N pods busy only if the controller's round
-   is a small share of a step.
+   What is timed is the controller's critical path: from one round's results to the next
+   round's dispatch (a population learns from a round while the next one trains, and writes
+   its checkpoint then). It is compared with the wall time of one real step of the same job
+   (train one segment and evaluate it, measured here): a cluster keeps N pods busy only if
+   that path is a small share of a step.
 2. **Process executor speed-up at N = 2.** A population of 2 members (each the full
    budget) on the ``process`` executor against the same 2 members' worth of work as 2 single
    runs one after another on ``local``, both with one torch thread per training process.
@@ -47,12 +49,15 @@ SMALL = [
 class StubExecutor:
     """Answers every step at once: the request's state (or a fresh model's), safe metrics."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, step_seconds: float = 0.0) -> None:
+        #: How long the N pods of a round train (all at once): the stub sleeps that long.
+        self.step_seconds = step_seconds
         model = build_model(job.task, 0, torch.device("cpu"))
         self.fresh = TrainState({k: v.clone() for k, v in model.state_dict().items()}, {})
         self.calls = 0
-        #: When each round's batch reached the executor: the gaps are the controller's rounds.
-        self.stamps: list[float] = []
+        #: When each round's batch reached the executor and when its results were handed back:
+        #: from one hand-back to the next dispatch is the controller's critical path.
+        self.stamps: list[tuple[float, float]] = []
 
     def run(self, request: StepRequest) -> StepResult:
         self.calls += 1
@@ -71,15 +76,35 @@ class StubExecutor:
         return StepResult(state, metrics, False, request.budget_samples, 0.0, 0.0)
 
     def run_many(self, requests):
-        self.stamps.append(time.perf_counter())
-        return [self.run(r) for r in requests]
+        start = time.perf_counter()
+        results = [self.run(r) for r in requests]
+        time.sleep(self.step_seconds)
+        self.stamps.append((start, time.perf_counter()))
+        return results
 
     def close(self) -> None:
         pass
 
 
+def real_step_seconds(repeats: int) -> float:
+    """One real step of the job (one segment trained and evaluated here), median."""
+    cfg = load_config(REPO / "configs/mnist-cnn.yaml", SMALL)
+    job = Job.from_config(cfg)
+    runner = job.steps.runner()
+    hp = {**job.fixed, **job.space.scheduled(job.space.initial(), 0.0)}
+    state = runner.run(StepRequest(None, hp, 0, 1)).state
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        state = runner.run(StepRequest(state, hp, cfg.training.segment_samples, 2 + i)).state
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def controller_overhead(members: int, repeats: int) -> dict:
-    """Seconds per round of the population loop on the stub, against one real step."""
+    """The controller's critical path per round of an N-member population whose pods each
+    take a real step's time, against that step."""
+    step_s = real_step_seconds(repeats)
     per_round, controller = [], 0.0
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -88,25 +113,14 @@ def controller_overhead(members: int, repeats: int) -> dict:
                 [*SMALL, f"tuner.num_envs={members}", f"tuner.output_dir={tmp}"],
             )
             job = Job.from_config(cfg)
-            stub = StubExecutor(job)
+            stub = StubExecutor(job, step_s)
             s = run_tuning(job, data=job.load_data(), executor=stub)
-            # From one round's hand-over to the next (the stub answers at once): everything
-            # the controller does per round, its checkpoint included.
-            gaps = [b - a for a, b in zip(stub.stamps[1:], stub.stamps[2:], strict=False)]
-            per_round.append(statistics.median(gaps))
+            # From one round's results to the next round's dispatch: what N pods wait for
+            # (the learning update runs while they train, the checkpoint is written then).
+            pairs = zip(stub.stamps[1:], stub.stamps[2:], strict=False)
+            per_round.append(statistics.median(nxt[0] - cur[1] for cur, nxt in pairs))
             controller = s.controller_seconds / len(stub.stamps)
-    # One real step of the same job (one segment trained and evaluated), for the ratio.
-    cfg = load_config(REPO / "configs/mnist-cnn.yaml", SMALL)
-    job = Job.from_config(cfg)
-    runner = job.steps.runner()
-    hp = {**job.fixed, **job.space.scheduled(job.space.initial(), 0.0)}
-    state = runner.run(StepRequest(None, hp, 0, 1)).state
-    step = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        state = runner.run(StepRequest(state, hp, cfg.training.segment_samples, 2 + i)).state
-        step.append(time.perf_counter() - t)
-    round_s, step_s = statistics.median(per_round), statistics.median(step)
+    round_s = statistics.median(per_round)
     return {
         "members": members,
         "round_seconds": round_s,

@@ -22,6 +22,7 @@ from shieldtune.control.agent import DQNAgent
 from shieldtune.control.search_space import SearchSpace
 from shieldtune.control.shield import SafetyShield, ShieldDecision
 from shieldtune.control.vector_env import Outcome
+from shieldtune.training.step import cpu_copy
 
 
 class Timer:
@@ -155,7 +156,15 @@ class ShieldedController:
         return q_loss, critic_loss
 
     def snapshot(self) -> dict[str, Any]:
-        return {"agent": self.agent.snapshot(), "shield": self.shield.snapshot()}
+        """Agent and critic as copies: the networks and optimizers are changed in place by the
+        next update, which may run while this snapshot is written (the replay buffer's
+        snapshot is a copy already)."""
+        agent = self.agent.snapshot()
+        buffer = agent.pop("buffer")
+        return {
+            "agent": {**cpu_copy(agent), "buffer": buffer},
+            "shield": cpu_copy(self.shield.snapshot()),
+        }
 
     def restore(self, agent: dict[str, Any], shield: dict[str, Any]) -> None:
         self.agent.restore(agent)

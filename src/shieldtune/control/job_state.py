@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class JobState:
     warm_start: str = "cold start"
     retries: int = 0
     stop_reason: str | None = None
+    #: A population's last round is observed but not yet learned from (it is learned from
+    #: while the next round trains).
+    unlearned: bool = False
     #: Wall and controller time spent before the last resume.
     wall_before: float = 0.0
     controller_before: float = 0.0
@@ -122,9 +125,22 @@ class JobState:
             member,
         )
 
+    def episode_metrics(self, episode_return: float) -> dict[str, float]:
+        """What an episode's MLflow run gets when it ends."""
+        return {
+            "episode_return": episode_return,
+            "violations_so_far": float(self.violations),
+            "best_feasible_val_acc": self.best.val_metrics["val_acc"] if self.best else 0.0,
+        }
+
     def snapshot(self) -> dict[str, Any]:
-        snap = {k: v for k, v in vars(self).items() if k != "best"}
-        snap["best"] = None if self.best is None else asdict(self.best)
+        """The counters and logs as of now (lists copied: the next round appends to them; the
+        records and the best state's tensors are never changed once made)."""
+        snap = {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
+        best = self.best
+        snap["best"] = (
+            None if best is None else {f.name: getattr(best, f.name) for f in fields(best)}
+        )
         return snap
 
     @classmethod

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from shieldtune.config import Config
 from shieldtune.control.controller import Learned, ShieldedController
-from shieldtune.control.finish import TuningSummary, finish_job, with_test_prefix
+from shieldtune.control.finish import TuningSummary, finish_job, with_test_prefix, write_summary
 from shieldtune.control.job_state import (
     STATE_FILE,
     BackgroundSave,
@@ -55,7 +55,6 @@ from shieldtune.tasks.checker import check_model
 from shieldtune.tasks.contract import TaskData, build_model
 from shieldtune.tracking.run_info import describe_job
 from shieldtune.tracking.tracker import CONTROLLER_ARTIFACTS, Tracker
-from shieldtune.training.step import cpu_copy
 
 __all__ = ["STATE_FILE", "TuningSummary", "find_resume_state", "run_tuning", "with_test_prefix"]
 
@@ -92,14 +91,19 @@ def run_tuning(
     check_output_dir(Path(cfg.tuner.output_dir))
     tracker = Tracker(cfg.tracking, __version__, describe_job(job))
     folder = None if resume is None else RunFolder(cfg.tuner.output_dir, resume["run_label"])
-    status, bar, loop = "FAILED", None, None
+    status, bar, loop, result = "FAILED", None, None, None
     try:
         if resume is None:
             tracker.start()
             tracker.log_datasets(data, job.task.name)
             folder = RunFolder(cfg.tuner.output_dir, new_run_label(tracker.parent_id))
+            tracker.resume_command = folder.resume_hint
         elif resume["parent_run_id"]:
-            tracker.attach(resume["parent_run_id"], resumed=True)
+            assert folder is not None
+            tracker.resume_command = folder.resume_hint
+            # (The local store the job started in: a resume from another folder finds it.)
+            store = resume.get("tracking_store")
+            tracker.attach(resume["parent_run_id"], resumed=True, store=store)
         loop = _Loop(job, vec, controller, tracker, folder, start)
         loop.begin(resume, warm_note)
         bar = tqdm(
@@ -131,6 +135,10 @@ def run_tuning(
             executor.close()
         try:
             tracker.finish(status)
+            if result is not None and folder is not None:
+                # The "finished" marker, last of all: a kill before it resumes and completes
+                # the publishing (the MLflow run's metrics, artifacts, status).
+                write_summary(folder.path, result)
         finally:
             if loop is not None:  # the lock is held until the state file is on disk
                 loop.saver.join(then=False)
@@ -196,12 +204,15 @@ class _Loop:
         state = {
             "config": self.job.to_dict(),
             "parent_run_id": self.tracker.parent_id,
-            # Copies of what the next round changes in place (networks, optimizers, replay).
-            **cpu_copy(self.controller.snapshot()),
+            # A local store's URI (it holds no credentials), for a resume from another folder.
+            "tracking_store": self.tracker.uri
+            if self.tracker.parent_id and self.tracker.uri.startswith("sqlite:///")
+            else None,
+            **self.controller.snapshot(),
             "envs": self.vec.snapshot(),
             "slots": [slot.snapshot() for slot in self.slots],
             "job": {
-                **cpu_copy(s.snapshot()),
+                **s.snapshot(),
                 "wall_before": s.wall_before + time.perf_counter() - self.start,
                 "controller_before": s.controller_before + self.controller.timer.seconds,
             },
@@ -232,6 +243,11 @@ class _Loop:
             self.vec.step_async(
                 self._commands(active), s.best.val_metrics["val_acc"] if s.best else -math.inf
             )
+            # A population learns from a round while the next one trains (its members' pods
+            # must not wait on the controller); a single run learns before it acts again.
+            overlap, losses = self.population is not None, (None, None)
+            if overlap and s.unlearned:
+                losses, s.unlearned = self.controller.update(), False
             stepped = []
             for index, out in self.vec.step_wait().items():
                 slot = self.slots[index]
@@ -242,14 +258,14 @@ class _Loop:
                     continue
                 assert slot.obs is not None
                 stepped.append((slot, out, self.controller.observe(slot.obs, slot.action, out)))
-            losses = self.controller.update() if stepped else (None, None)
+            if stepped and not overlap:
+                losses = self.controller.update()
+            s.unlearned = s.unlearned or (overlap and bool(stepped))
             for slot, out, decision in stepped:
                 self._record(slot, out, Learned(decision, *losses))
                 bar.update(1)
-                best = s.best.val_metrics["val_acc"] if s.best else None
-                bar.set_postfix(
-                    best="-" if best is None else f"{best:.4f}", violations=s.violations
-                )
+                best = f"{s.best.val_metrics['val_acc']:.4f}" if s.best else "-"
+                bar.set_postfix(best=best, violations=s.violations)
                 stop = early_stop(self.cfg.tuner, s.best, s.violations)
                 if out.done or stop:
                     self._end_episode(slot)
@@ -262,6 +278,9 @@ class _Loop:
         for slot in self.slots:  # an early stop leaves parallel episodes unfinished
             if slot.episode is not None:
                 self._end_episode(slot)
+        if s.unlearned:  # the last round's transitions, before the policy is saved
+            self.controller.update()
+            s.unlearned = False
         self.checkpoint(wait=True)
 
     def _begin_episodes(self) -> None:
@@ -300,14 +319,8 @@ class _Loop:
         s, info = self.state, out.info
         s.count(info, out.samples, int(out.timing["attempts"]))
         slot.episode_return += out.reward
-        ctx = StepContext(
-            slot.episode,
-            slot.index,
-            s.global_step,
-            slot.action,
-            slot.decision,
-            self.controller.agent.epsilon,
-        )
+        eps = self.controller.agent.epsilon
+        ctx = StepContext(slot.episode, slot.index, s.global_step, slot.action, slot.decision, eps)
         record = step_record(self.job.space, ctx, out, learned)
         s.records.append(record)
         s.audit.append(audit_entry(self.job.space, ctx, out))
@@ -317,16 +330,8 @@ class _Loop:
 
     def _end_episode(self, slot: Slot) -> None:
         assert slot.episode is not None
-        s = self.state
-        self.tracker.end_episode(
-            slot.run_id,
-            {
-                "episode_return": slot.episode_return,
-                "violations_so_far": float(s.violations),
-                "best_feasible_val_acc": s.best.val_metrics["val_acc"] if s.best else 0.0,
-            },
-            slot.episode,
-        )
+        metrics = self.state.episode_metrics(slot.episode_return)
+        self.tracker.end_episode(slot.run_id, metrics, slot.episode)
         slot.episode = slot.run_id = None
 
     def finish(self, data: TaskData) -> TuningSummary:

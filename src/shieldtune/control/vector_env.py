@@ -14,6 +14,7 @@ The controller sees only what Gymnasium's API shows: observations, rewards,
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from shieldtune.control.env import HyperparamEnv
 from shieldtune.executors.base import StepExecutor
-from shieldtune.training.step import StepRequest
+from shieldtune.training.step import StepRequest, StepResult
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,37 @@ class Outcome:
         return self.terminated or self.truncated
 
 
+class _Round:
+    """One round's requests on the executor, trained in a thread until :meth:`wait`."""
+
+    def __init__(
+        self,
+        commands: dict[int, Reset | int],
+        executor: StepExecutor,
+        requests: list[StepRequest],
+    ) -> None:
+        self.commands = commands
+        self._results: list[StepResult] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(executor, requests), name="shieldtune-round", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, executor: StepExecutor, requests: list[StepRequest]) -> None:
+        try:
+            self._results = executor.run_many(requests)
+        except BaseException as exc:  # re-raised by wait(), in the caller's thread
+            self._error = exc
+
+    def wait(self) -> list[StepResult]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._results is not None
+        return self._results
+
+
 class HyperparamVectorEnv:
     """``num_envs`` :class:`HyperparamEnv` sharing one executor; see the module docstring."""
 
@@ -64,7 +96,7 @@ class HyperparamVectorEnv:
         self.single_observation_space = envs[0].observation_space
         self.single_action_space = envs[0].action_space
         self._executor = executor
-        self._pending: dict[int, Reset | int] | None = None
+        self._round: _Round | None = None
 
     def attach_executor(self, executor: StepExecutor) -> None:
         """The executor every env's steps run on (a job starts it late: it can take seconds)."""
@@ -80,22 +112,16 @@ class HyperparamVectorEnv:
         self, commands: Mapping[int, Reset | int], selection_bar: float = float("-inf")
     ) -> None:
         """Give env ``i`` an action, or :class:`Reset` to start its next episode; envs not
-        named sit this round out. ``selection_bar``: the validation accuracy a state must
-        beat to be selectable (the job's best certified so far; see ``StepRequest``)."""
-        if self._pending is not None:
+        named sit this round out. The executor starts on the round at once, in a thread, so
+        the caller may work (learn) while it trains. ``selection_bar``: the validation
+        accuracy a state must beat to be selectable (the job's best certified so far)."""
+        if self._round is not None:
             raise RuntimeError("step_wait() the previous round before starting another")
         for i in commands:
             if not 0 <= i < self.num_envs:
                 raise IndexError(f"env index {i} is not in [0, {self.num_envs})")
-        self._pending = dict(commands)
         for env in self.envs:
             env.selection_bar = selection_bar
-
-    def step_wait(self) -> dict[int, Outcome]:
-        """Train every segment of the round at once; the outcome of each env that was named."""
-        if self._pending is None:
-            raise RuntimeError("step_async() must come before step_wait()")
-        commands, self._pending = self._pending, None
         requests: list[StepRequest] = []
         for i, command in commands.items():
             env = self.envs[i]
@@ -103,10 +129,16 @@ class HyperparamVectorEnv:
                 requests.append(env.prepare_reset(seed=command.seed))
             else:
                 requests.append(env.prepare_step(command))
-        executor = self._executor or self.envs[0].executor
-        results = executor.run_many(requests)
+        self._round = _Round(dict(commands), self._executor or self.envs[0].executor, requests)
+
+    def step_wait(self) -> dict[int, Outcome]:
+        """Wait for every segment of the round; the outcome of each env that was named."""
+        if self._round is None:
+            raise RuntimeError("step_async() must come before step_wait()")
+        round_, self._round = self._round, None
+        results = round_.wait()
         outcomes: dict[int, Outcome] = {}
-        for (i, command), result in zip(commands.items(), results, strict=True):
+        for (i, command), result in zip(round_.commands.items(), results, strict=True):
             env = self.envs[i]
             if isinstance(command, Reset):
                 obs, info = env.complete_reset(result)
