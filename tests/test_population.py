@@ -198,3 +198,22 @@ def test_a_killed_population_resumes_every_member_bit_identically(tmp_path):
     assert got == steps_of(reference)
     audit = lambda d: (d / "shield_audit.jsonl").read_text()  # noqa: E731
     assert audit(killed_dir) == audit(Path(reference.output_dir))
+
+
+def test_a_tie_with_the_best_state_is_counted_and_the_earliest_kept():
+    """Ties between certified states were broken silently (earliest wins)."""
+    from shieldtune.control.job_state import JobState
+
+    state = JobState()
+    info = {"accepted": True, "state_certified": "safe", "step": 1, "metrics": {"val_acc": 0.9}}
+
+    class Model:
+        metrics, init_seed, schedule, model_state = {"val_acc": 0.9}, 0, [], {}
+
+    state.consider(0, 0, info, Model)
+    state.consider(0, 1, {**info, "step": 2}, Model)
+    state.consider(0, 2, {**info, "step": 3, "metrics": {"val_acc": 0.8}}, Model)
+    assert (state.best.step, state.best.member, state.best_ties) == (1, 0, 1)
+    better = {**info, "step": 4, "metrics": {"val_acc": 0.95}}
+    state.consider(0, 0, better, Model)
+    assert (state.best.step, state.best_ties) == (4, 0)

@@ -213,6 +213,11 @@ def _print_summary(job: Job, s) -> None:
     print(
         f"best certified-safe state: episode {s.best['episode']} step {s.best['step']}, "
         f"val_acc {s.best['val_metrics']['val_acc']:.4f}"
+        + (
+            f" ({s.best['ties']} later certified state(s) tied it; the earliest is kept)"
+            if s.best.get("ties")
+            else ""
+        )
     )
     t = s.test_metrics
     if t is None:

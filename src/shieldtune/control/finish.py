@@ -92,7 +92,7 @@ def finish_job(
     holds num_envs, population, wall_seconds and controller_seconds."""
     s = state
     write_artifacts(job, controller, tracker, out_dir, s.records, s.audit, s.best)
-    summary = report_best(job, data, tracker, out_dir, s.best)
+    summary = report_best(job, data, tracker, out_dir, s.best, s.best_ties)
     assert s.stop_reason is not None
     result = TuningSummary(
         **summary,
@@ -198,9 +198,15 @@ def write_artifacts(
 
 
 def report_best(
-    job: Job, data: TaskData, tracker: Tracker, out_dir: Path, best: BestFeasible | None
+    job: Job,
+    data: TaskData,
+    tracker: Tracker,
+    out_dir: Path,
+    best: BestFeasible | None,
+    ties: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate the best feasible checkpoint on test once and save it; the summary's fields."""
+    """Evaluate the best feasible checkpoint on test once and save it; the summary's fields
+    (``ties``: later certified states as accurate as ``best``, which was kept as the earliest)."""
     test_metrics = best_dict = None
     if best is not None:
         if job.config.tuner.test_report:
@@ -230,6 +236,8 @@ def report_best(
             "init_seed": best.init_seed,
             "schedule": best.schedule,
             "checkpoint": str(out_dir / "best_model.pt"),
+            # Later certified states with the same val_acc (the earliest is kept).
+            "ties": ties,
         }
         save_model_checkpoint(
             out_dir / "best_model.pt",

@@ -84,6 +84,9 @@ class JobState:
     #: Where the controller's policy came from (kept across a resume).
     warm_start: str = "cold start"
     retries: int = 0
+    #: Later certified-safe states whose val_acc equalled the best's: the earliest (fewest
+    #: samples trained) is kept, and the summary says how many tied.
+    best_ties: int = 0
     stop_reason: str | None = None
     #: A population's last round is observed but not yet learned from (it is learned from
     #: while the next round trains).
@@ -111,8 +114,12 @@ class JobState:
         :class:`~shieldtune.control.env.AcceptedModel`."""
         if not (info["accepted"] and info["state_certified"] == "safe"):
             return
-        if self.best is not None and info["metrics"]["val_acc"] <= self.best.val_metrics["val_acc"]:
-            return
+        if self.best is not None:
+            val_acc, best = info["metrics"]["val_acc"], self.best.val_metrics["val_acc"]
+            self.best_ties += int(val_acc == best)
+            if val_acc <= best:
+                return
+        self.best_ties = 0
         m = model()
         self.best = BestFeasible(
             episode,
