@@ -59,7 +59,9 @@ SMALL = [
 def _env() -> dict[str, str]:
     """A subprocess environment in which ``tests.*`` plug-ins import (as for a user's package
     on the path) and torch keeps to one thread on the loaded 2-core machine."""
-    env = dict(os.environ)
+    # Without MLflow HTTP settings an earlier in-process command of this suite may have left
+    # (they take precedence over tracking.http_retries, as a user's own would).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env

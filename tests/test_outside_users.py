@@ -122,3 +122,61 @@ def test_threads_default_to_half_the_cores_at_most_four_unless_the_user_says(mon
         assert apply_threads(3) == 3 == torch.get_num_threads()  # training.threads wins
     finally:
         torch.set_num_threads(before)
+
+
+#: `section.key: value` quotes that are not the default by design (what the quote describes).
+NOT_DEFAULTS = {
+    ("cluster.md", "tuner.executor: kubernetes"),  # the cluster ConfigMap's own config.yaml
+    ("population.md", "tuner.num_envs: N > 1"),  # a condition, not a value
+    ("tasks.md", "training.device: auto | cpu | cuda | cuda:N"),  # the choices
+    ("architecture.md", "section.key: value"),  # the convention itself
+}
+
+
+def test_every_default_the_docs_quote_is_the_real_default():
+    """README said `tuner.warm_start: default` while the default was null. The docs quote a
+    default as `section.key: value` (a setting a user picks as `section.key=value`)."""
+    import re
+
+    import yaml
+
+    from shieldtune.config import config_from_dict
+
+    defaults = config_from_dict({}).to_dict()
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    quoted = 0
+    for page in pages:
+        for section, key, text in re.findall(r"`([a-z_]+)\.([a-z_]+): ([^`]+)`", page.read_text()):
+            if (page.name, f"{section}.{key}: {text}") in NOT_DEFAULTS:
+                continue
+            assert section in defaults and key in defaults[section], f"{page.name}: {section}.{key}"
+            assert yaml.safe_load(text) == defaults[section][key], (
+                f"{page.name} quotes `{section}.{key}: {text}` but the default is "
+                f"{defaults[section][key]!r}"
+            )
+            quoted += 1
+    assert quoted >= 3  # the pages do quote defaults (tuner.episodes, tuner.warm_start, ...)
+
+
+def test_the_generated_config_reference_has_every_key_with_its_real_default_and_a_description():
+    """The docs site's configuration reference is generated from the schema, so it cannot
+    drift: every key of every section, with the default a config gets when it omits it."""
+    import importlib.util
+
+    from shieldtune.config import config_from_dict
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_config_reference", REPO / "docs" / "gen_config_reference.py"
+    )
+    gen = importlib.util.module_from_spec(spec)
+    sys.modules["gen_config_reference"] = gen  # its dataclasses look their module up
+    spec.loader.exec_module(gen)
+    rows = {row.key: row for row in gen.reference_rows()}
+    defaults = config_from_dict({}).to_dict()
+    for section, values in defaults.items():
+        for key, value in values.items():
+            row = rows[f"{section}.{key}"]
+            assert row.default == value, row.key
+            assert row.description.strip(), f"{row.key} has no description in config.py"
+    page = gen.render()
+    assert all(f"`{key}`" in page for key in rows)

@@ -69,17 +69,23 @@ class HyperparameterSpec:
     name: str = field(
         default="learning_rate", metadata=_pattern(r"[A-Za-z_][A-Za-z0-9_]{0,63}", "dropout")
     )
+    #: The starting value (within [low, high]; rounded when ``integer``).
     init: float = 0.05
+    #: Lower bound: actions that would go below it are masked (must be > 0 with scale log).
     low: float = 1e-4
+    #: Upper bound: actions that would go above it are masked (must exceed ``low``).
     high: float = 1.0
     #: ``log``: multiply/divide by ``factor``; ``linear``: add/subtract ``factor``.
     scale: str = field(default="log", metadata=_choices("log", "linear"))
+    #: Step of one move: the multiplier (``log``, must exceed 1) or the amount added (``linear``).
     factor: float = field(default=2.0, metadata=_range(1e-9, None))
+    #: Round every value to a whole number (required for batch_size).
     integer: bool = False
     #: ``constant``: a segment trains at the level the actions set. ``cosine``: at that level
     #: times a cosine decay over the episode's budget (to ``schedule_floor`` of it at the
     #: end), so "keep" everywhere is cosine annealing and the actions deviate from it.
     schedule: str = field(default="constant", metadata=_choices("constant", "cosine"))
+    #: With ``cosine``: the share of the level a segment trains at by the episode's end.
     schedule_floor: float = field(default=0.0, metadata=_range(0.0, 1.0))
     #: The baseline's move for this dimension while the run's state is not certified safe:
     #: ``up`` for a safety lever such as ``adv_mix`` (a ramp), ``down``, or ``none`` (keep).
@@ -112,8 +118,13 @@ class DataConfig:
     root: str | None = None
     #: Split sizes; unset means the task's own default.
     train_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    #: Validation split size; unset means the task's own default. Steps are evaluated and
+    #: certified on it.
     val_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    #: Test split size; unset means the task's own default. The final report attacks all of it.
     test_size: int | None = field(default=None, metadata=_range(2, 100_000_000))
+    #: Seed of the permutation that draws the three splits (separate from tuner.seed), so
+    #: runs with the same value see the same samples.
     split_seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     #: DataLoader worker processes for tasks whose data is not held in memory.
     loader_workers: int = field(default=0, metadata=_range(0, 64))
@@ -123,10 +134,15 @@ class DataConfig:
 class TrainingConfig:
     """Fixed values for every hyperparameter that the search space does not tune."""
 
+    #: The model's optimizer: ``sgd`` (with ``momentum``) or ``adam`` (``momentum`` is its beta1).
     optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    #: Optimizer learning rate, unless the search space tunes it.
     learning_rate: float = field(default=0.05, metadata=_range(1e-8, 10.0))
+    #: Training samples per optimizer step, unless the search space tunes it.
     batch_size: int = field(default=64, metadata=_range(1, 8192))
+    #: The optimizer's L2 weight decay (torch's coupled form, for Adam too), unless tuned.
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    #: SGD momentum, or Adam's beta1, unless the search space tunes it.
     momentum: float = field(default=0.9, metadata=_range(0.0, 0.999))
     #: Share of each batch replaced by FGSM examples (adversarial training); 0 disables it.
     adv_mix: float = field(default=0.0, metadata=_range(0.0, 1.0))
@@ -152,6 +168,8 @@ class TrainingConfig:
     #: How they are made: ``fgsm`` (one step) or ``pgd`` (``adv_pgd_steps`` steps from a
     #: random start; stronger, costs that many more forward/backward passes).
     adv_attack: str = field(default="fgsm", metadata=_choices("fgsm", "pgd"))
+    #: PGD steps per adversarial training example when ``adv_attack`` is ``pgd`` (step size
+    #: 2.5 x radius / steps).
     adv_pgd_steps: int = field(default=3, metadata=_range(1, 100))
 
 
@@ -162,7 +180,10 @@ class SafetyConfig:
     #: L-inf attack radius in the task's input units (pixels in [0, 1] for images,
     #: standardised units for the built-in tabular and speech tasks).
     epsilon: float = field(default=0.1, metadata=_range(0.0, 100.0))
+    #: Gradient steps of the PGD attack behind ``pgd_robust_acc`` (step size 2.5 x epsilon /
+    #: steps); more is a stronger, slower attack.
     pgd_steps: int = field(default=10, metadata=_range(1, 1000))
+    #: Random starts of that PGD attack; a sample counts as robust only if no restart fools it.
     pgd_restarts: int = field(default=2, metadata=_range(1, 100))
     #: Confidence of every safety decision: a state is certified safe only when the
     #: pessimistic ends of its metrics' confidence bounds meet the spec at this level.
@@ -198,16 +219,23 @@ class EnvConfig:
 
 @dataclass
 class ShieldConfig:
+    #: Let the safety critic mask actions (and keep a just-rolled-back action masked once);
+    #: false: only the search space's bounds limit them (rollback is ``rollback``'s switch).
     enabled: bool = True
     #: Restore the last safe checkpoint when a trained segment breaks a constraint.
     rollback: bool = True
     #: An action is masked when its predicted cost exceeds ``-margin``.
     margin: float = field(default=0.0, metadata=_range(-1.0, 1.0))
+    #: Width of each of the safety critic's two hidden layers.
     critic_hidden: int = field(default=64, metadata=_range(1, 4096))
+    #: Adam learning rate of the safety critic.
     critic_lr: float = field(default=1e-3, metadata=_range(1e-8, 1.0))
     #: Observed costs needed before the critic is trusted to mask anything.
     critic_min_samples: int = field(default=4, metadata=_range(1, 1_000_000))
+    #: Transitions sampled from the replay buffer (shared with the agent) per critic update.
     critic_batch_size: int = field(default=32, metadata=_range(1, 65536))
+    #: Critic regression steps per learning update (one per round of environment steps);
+    #: 0: the critic never learns.
     critic_updates_per_step: int = field(default=8, metadata=_range(0, 1000))
     #: Reward penalty per unit of cost (the Lagrangian-style alternative to masking).
     cost_penalty: float = field(default=0.0, metadata=_range(0.0, 1e6))
@@ -227,21 +255,38 @@ class ShieldConfig:
 
 @dataclass
 class AgentConfig:
+    #: Width of each of the DQN Q-network's two hidden layers.
     hidden: int = field(default=64, metadata=_range(1, 4096))
+    #: Adam learning rate of the Q-network.
     learning_rate: float = field(default=1e-3, metadata=_range(1e-8, 1.0))
+    #: Discount factor of future rewards in the TD target.
     gamma: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    #: Replay buffer capacity in transitions (the oldest are overwritten); the critic shares it.
     buffer_size: int = field(default=10000, metadata=_range(1, 10_000_000))
+    #: Transitions sampled from the replay buffer per Q-network gradient step.
     batch_size: int = field(default=32, metadata=_range(1, 65536))
+    #: Transitions stored before the Q-network is first updated.
     learning_starts: int = field(default=4, metadata=_range(0, 10_000_000))
+    #: Q-network gradient steps per learning update (one per round of environment steps);
+    #: 0: the agent never learns.
     gradient_steps: int = field(default=4, metadata=_range(0, 1000))
     #: Polyak factor for the target network; 1.0 copies it every ``target_update_interval``.
     tau: float = field(default=1.0, metadata=_range(1e-6, 1.0))
+    #: Gradient steps between copies of the Q-network into the target network (with tau 1.0).
     target_update_interval: int = field(default=10, metadata=_range(1, 10_000_000))
+    #: Exploration rate at the start: the chance of a random allowed action instead of the
+    #: greedy one.
     epsilon_start: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    #: Exploration rate after the decay (at most ``epsilon_start``).
     epsilon_end: float = field(default=0.02, metadata=_range(0.0, 1.0))
+    #: Transitions (steps of all environments) over which epsilon falls linearly to its end.
     epsilon_decay_steps: int = field(default=48, metadata=_range(1, 10_000_000))
+    #: Huber loss threshold: TD errors beyond it (in scaled reward units) count linearly.
     huber_delta: float = field(default=1.0, metadata=_range(1e-6, 1e6))
+    #: Q-network gradients are clipped to this L2 norm per step.
     max_grad_norm: float = field(default=10.0, metadata=_range(1e-6, 1e6))
+    #: Double DQN targets: the online network picks the next action, the target network values
+    #: it (less overestimation); false: the target network's max.
     double_dqn: bool = True
     #: Rewards (accuracy gains, fractions) are multiplied by this before learning.
     reward_scale: float = field(default=10.0, metadata=_range(1e-6, 1e6))
@@ -257,11 +302,15 @@ class AgentConfig:
 class TunerConfig:
     #: Training runs; the default is one run over the whole budget (see env.steps_per_episode).
     episodes: int = field(default=1, metadata=_range(1, 100000))
+    #: Seed of the job: model initialisation, the controller's networks and exploration, the
+    #: members' start levels and the attacks' random starts.
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     #: Stop early once a feasible model reaches this validation accuracy.
     target_val_acc: float | None = field(default=None, metadata=_range(0.0, 1.0))
     #: Stop once this many trained segments broke a constraint.
     max_violations: int | None = field(default=None, metadata=_range(0, 10_000_000))
+    #: Folder under which each run gets its own folder (best_model.pt, agent.pt, summary.json,
+    #: the state that ``--resume`` reads).
     output_dir: str = DEFAULT_OUTPUT_DIR
     #: Evaluate the best checkpoint on the test split at the end (and register it). The
     #: pipeline turns this off: its evaluate_safety stage owns the test report.
@@ -285,6 +334,8 @@ class TunerConfig:
     #: accuracy) or not certified safe copies a certified-safe member from the top; 0: never;
     #: null: a quarter of a member's segments (at least 2).
     exploit_interval: int | None = field(default=None, metadata=_range(0, 10000))
+    #: Share of the population (at least one member) ranked top, as donors, and bottom, as
+    #: copiers, by the exploit step.
     exploit_fraction: float = field(default=0.25, metadata=_range(0.01, 0.5))
     #: A step whose worker process or pod fails (or is evicted) is retried this many times,
     #: then the job stops with an error naming the step.
@@ -294,6 +345,7 @@ class TunerConfig:
     checkpoint_to_mlflow: bool = False
     #: Torch threads per ``process`` worker (default: this machine's cores / num_envs).
     worker_threads: int | None = field(default=None, metadata=_range(1, 1024))
+    #: Show a progress bar of the tuning steps.
     progress: bool = True
 
 
@@ -308,18 +360,24 @@ class KubernetesConfig:
     )
     #: kubeconfig context when running outside a cluster (default: the current context).
     context: str | None = None
+    #: Container image of the step pods; it must hold shieldtune (a CUDA one for ``gpus``).
     image: str = field(
         default="shieldtune:0.1.0-cpu",
         metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}", "shieldtune:0.1.0-cpu"),
     )
+    #: Kubernetes ``imagePullPolicy`` of the step pods.
     image_pull_policy: str = field(
         default="IfNotPresent", metadata=_choices("IfNotPresent", "Always", "Never")
     )
     #: Step pods need no API access: this account should have no RBAC and no token mounted.
     service_account: str = field(default="shieldtune-step", metadata=_pattern(_K8S_NAME, "sa"))
+    #: CPU request of each step pod (a Kubernetes quantity: ``1``, ``500m``).
     cpu_request: str = field(default="1", metadata=_pattern(_K8S_QUANTITY, "500m"))
+    #: CPU limit of each step pod; its whole cores (at least one) are the pod's torch threads.
     cpu_limit: str = field(default="2", metadata=_pattern(_K8S_QUANTITY, "2"))
+    #: Memory request of each step pod (a Kubernetes quantity: ``2Gi``).
     memory_request: str = field(default="2Gi", metadata=_pattern(_K8S_QUANTITY, "2Gi"))
+    #: Memory limit of each step pod; a pod beyond it is killed and the step retried.
     memory_limit: str = field(default="4Gi", metadata=_pattern(_K8S_QUANTITY, "4Gi"))
     #: ``nvidia.com/gpu`` per step pod (use the CUDA image with it).
     gpus: int = field(default=0, metadata=_range(0, 16))
@@ -330,10 +388,12 @@ class KubernetesConfig:
     #: Pod restarts inside one Job; 0 because the controller retries by creating a new Job
     #: (``tuner.step_retries``), so every attempt is visible and bounded.
     backoff_limit: int = field(default=0, metadata=_range(0, 20))
+    #: Seconds between checks of the step Jobs (API errors back off from it, up to 30 s).
     poll_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
     #: How step files travel: ``mlflow`` (artifacts of the tuning run) or ``volume`` (a PVC
     #: mounted by the controller and the step pods).
     transport: str = field(default="mlflow", metadata=_choices("mlflow", "volume"))
+    #: PersistentVolumeClaim the step pods mount; required when ``transport`` is ``volume``.
     volume_claim: str | None = field(default=None, metadata=_pattern(_K8S_NAME, "shieldtune-steps"))
     #: Where step pods mount ``volume_claim``.
     volume_mount_path: str = field(default="/shared", metadata=_pattern(r"/[^\0]{0,4095}", "/x"))
@@ -345,20 +405,29 @@ class KubernetesConfig:
 
 @dataclass
 class TrackingConfig:
+    #: Log the job to MLflow (MLFLOW_TRACKING_URI, else mlflow.db in the working folder);
+    #: false: only the run's local folder is written.
     enabled: bool = True
+    #: MLflow experiment the job's runs go to (created if missing).
     experiment: str = field(
         default="shieldtune", metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,254}", "team-a")
     )
+    #: Name of the job's parent run (its episode and member runs are named after it);
+    #: default: ``tune-<task>-<UTC time>``.
     run_name: str | None = None
     #: Default: ``shieldtune-<task name>``.
     registered_model_name: str | None = field(
         default=None,
         metadata=_pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", "shieldtune-mnist-cnn"),
     )
+    #: Log and register the best certified model and decide its promotion; false: nothing
+    #: is registered.
     log_model: bool = True
     #: MLflow HTTP retries per request, with exponential backoff (factor * 2**n seconds);
     #: after them the job stops with a clear error and can be resumed.
     http_retries: int = field(default=5, metadata=_range(0, 10))
+    #: Backoff factor of those MLflow HTTP retries, in seconds (an already set
+    #: MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR environment variable wins).
     http_backoff_factor: int = field(default=1, metadata=_range(0, 60))
 
 
