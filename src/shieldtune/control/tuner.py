@@ -107,10 +107,7 @@ def run_tuning(
         loop = _Loop(job, vec, controller, tracker, folder, start)
         loop.begin(resume, warm_note)
         bar = tqdm(
-            total=total_steps(job),
-            desc="tuning",
-            unit="step",
-            disable=not cfg.tuner.progress,
+            total=total_steps(job), desc="tuning", unit="step", disable=not cfg.tuner.progress
         )
         bar.update(loop.state.global_step)
         if executor is None:
