@@ -371,14 +371,10 @@ def test_a_step_past_its_deadline_is_killed_and_reported(tmp_path, step_cluster)
     cluster.wait_idle()
 
 
-@pytest.mark.cluster
-def test_interrupted_controller_deletes_the_jobs_it_started(tmp_path, step_cluster):
-    """SIGTERM (what Kubernetes sends a controller pod it stops) to ``shieldtune tune``
-    while two steps train: it deletes both Jobs itself (their TTL is 10 minutes away and
-    they never finish), and their pods and processes go with them."""
-    cluster = step_cluster
-    cfg = k8s_config(cluster, tmp_path)
-    proc = subprocess.Popen(
+def start_endless_tune(cfg, tmp_path: Path) -> subprocess.Popen:
+    """``shieldtune tune`` on Kubernetes with two environments whose steps never finish by
+    themselves (stderr piped, for the controller's progress)."""
+    return subprocess.Popen(
         tune_cli(
             *cli_overrides(cfg, "kubernetes"),
             "tuner.executor=kubernetes",
@@ -390,6 +386,16 @@ def test_interrupted_controller_deletes_the_jobs_it_started(tmp_path, step_clust
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.cluster
+def test_interrupted_controller_deletes_the_jobs_it_started(tmp_path, step_cluster):
+    """SIGTERM (what Kubernetes sends a controller pod it stops) to ``shieldtune tune``
+    while two steps train: it deletes both Jobs itself (their TTL is 10 minutes away and
+    they never finish), and their pods and processes go with them."""
+    cluster = step_cluster
+    cfg = k8s_config(cluster, tmp_path)
+    proc = start_endless_tune(cfg, tmp_path)
     try:
         pids = wait_for_controller_steps(proc, cluster, 2)
         started = {j.metadata.name for j in cluster.jobs()}
@@ -418,18 +424,7 @@ def test_jobs_of_a_killed_controller_are_removed_by_their_ttl(tmp_path, step_clu
     backstop."""
     cluster = step_cluster
     cfg = k8s_config(cluster, tmp_path, ttl_seconds_after_finished=2)
-    proc = subprocess.Popen(
-        tune_cli(
-            *cli_overrides(cfg, "kubernetes"),
-            "tuner.executor=kubernetes",
-            "tracking.enabled=false",
-            "tuner.num_envs=2",
-            f"training.segment_samples={ENDLESS}",
-            f"tuner.output_dir={json.dumps(str(tmp_path / 'runs'))}",
-        ),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_endless_tune(cfg, tmp_path)
     try:
         pids = wait_for_controller_steps(proc, cluster, 2)
     finally:

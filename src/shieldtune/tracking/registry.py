@@ -103,21 +103,28 @@ class MissingArtifactsError(CheckpointError):
     """A registered version whose files were deleted from the artifact store."""
 
 
+def model_version(client: MlflowClient, uri: str) -> Any:
+    """The registry's ModelVersion that ``uri`` (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``) names; MLflow's exception when there is none, ValueError for
+    a URI of neither form."""
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = rest.rsplit("/", 1)
+    return client.get_model_version(name, number)
+
+
 def missing_artifacts(uri: str, tracking_uri: str) -> MissingArtifactsError | None:
     """The error for ``uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) when the
     registry knows the version it names (so its files, not the store, are missing); None
     when it does not."""
-    rest = uri.removeprefix("models:/")
     client = MlflowClient(tracking_uri)
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = rest.rsplit("/", 1)
-            version = client.get_model_version(name, number)
+        version = model_version(client, uri)
     except (MlflowException, ValueError):
         return None
+    name = version.name
     where = version.source or "the artifact store"
     try:  # MLflow 3: the source is models:/<model id>; its files' place is the logged model's
         source = version.source or ""

@@ -37,6 +37,7 @@ from shieldtune.tracking.registry import (
     Promotion,
     champion_version,
     decide_promotion,
+    model_version,
     version_of_run,
 )
 from shieldtune.tracking.run_info import NOTE_TAG, OUTCOME_HEADING, RunDescription
@@ -725,15 +726,8 @@ def download_policy(model_uri: str) -> Path | None:
     """
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(default_tracking_uri())
-    rest = model_uri.removeprefix("models:/")
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = rest.rsplit("/", 1)
-            version = client.get_model_version(name, number)
+        version = model_version(MlflowClient(default_tracking_uri()), model_uri)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
             return None
